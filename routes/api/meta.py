@@ -1,0 +1,4 @@
+"""API: meta."""
+from flask import Blueprint
+
+bp = Blueprint("meta", __name__)

@@ -1,0 +1,4 @@
+"""API: orders."""
+from flask import Blueprint
+
+bp = Blueprint("orders", __name__)

@@ -1,0 +1,4 @@
+"""API: settings."""
+from flask import Blueprint
+
+bp = Blueprint("settings", __name__)

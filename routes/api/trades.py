@@ -1,0 +1,4 @@
+"""API: trades."""
+from flask import Blueprint
+
+bp = Blueprint("trades", __name__)

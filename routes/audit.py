@@ -1,0 +1,4 @@
+"""Audit pages."""
+from flask import Blueprint
+
+bp = Blueprint("audit", __name__, url_prefix="/audit")

@@ -1,0 +1,4 @@
+"""Dashboard pages."""
+from flask import Blueprint
+
+bp = Blueprint("dashboard", __name__)

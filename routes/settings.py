@@ -1,0 +1,4 @@
+"""Settings pages."""
+from flask import Blueprint
+
+bp = Blueprint("settings", __name__, url_prefix="/settings")

@@ -1,0 +1,4 @@
+"""Trades pages."""
+from flask import Blueprint
+
+bp = Blueprint("trades", __name__, url_prefix="/trades")

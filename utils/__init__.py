@@ -1,0 +1,1 @@
+"""Tradewarden services: one module per concept (see DESIGN §3)."""

@@ -1,0 +1,94 @@
+"""Background jobs: the Celery app bound to Flask, task names, and enqueue-after-commit (STYLE 2, 3, 7).
+
+Task names are the contract between the web process, the worker and beat: every task is started
+by name through `enqueue_after_commit`, so nothing imports `worker.py`.
+"""
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import current_app
+from kombu import Queue
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from utils.extensions import db
+
+ORDERS_EXECUTE = "orders.execute"
+ORDERS_SYNC = "orders.sync"
+ORDERS_RECOVER = "orders.recover"
+MARKET_TICK = "market.tick"
+STOPLOSS_SWEEP = "stoploss.sweep"
+EXPORTS_BUILD = "exports.build"
+EXPORTS_CLEANUP = "exports.cleanup"
+BROKERS_REFRESH = "brokers.refresh_tokens"
+
+QUEUE_FOR = {ORDERS_EXECUTE: "orders", ORDERS_SYNC: "orders", ORDERS_RECOVER: "orders",
+             STOPLOSS_SWEEP: "orders", EXPORTS_BUILD: "exports"}
+TASK_TIME_LIMIT_SECONDS = 300
+
+_PENDING_KEY = "tradewarden_pending_jobs"
+
+
+def init_app(app) -> Celery:
+    """Create the Celery app whose tasks run inside this Flask app's context."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_settings(app.config))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def celery_settings(config) -> dict:
+    """Reliability settings: JSON, late acks, prefetch 1, a visibility timeout above every time limit."""
+    return {
+        "broker_url": config["REDIS_URL"],
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": TASK_TIME_LIMIT_SECONDS * 4},
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT_SECONDS,
+        "task_soft_time_limit": TASK_TIME_LIMIT_SECONDS - 30,
+        "task_default_queue": "default",
+        "task_queues": [Queue("orders"), Queue("default"), Queue("exports")],
+        "task_routes": {name: {"queue": queue} for name, queue in QUEUE_FOR.items()},
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": config["REDIS_URL"],
+        "redbeat_lock_timeout": max(30, config.get("STOPLOSS_INTERVAL_SECONDS", 60) * 5),
+        "beat_max_loop_interval": 1,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def enqueue_after_commit(task_name: str, *args, countdown: float | None = None) -> None:
+    """Send `task_name(*args)` once the current database transaction commits (dropped on rollback)."""
+    pending = db.session.info.setdefault(_PENDING_KEY, [])
+    pending.append((task_name, args, countdown))
+
+
+def send_now(task_name: str, *args, countdown: float | None = None) -> None:
+    """Send a task immediately (for callers with nothing to commit, e.g. beat fan-out)."""
+    current_app.extensions["celery"].send_task(task_name, args=list(args), countdown=countdown,
+                                               queue=QUEUE_FOR.get(task_name, "default"))
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending(session) -> None:
+    for task_name, args, countdown in session.info.pop(_PENDING_KEY, []):
+        send_now(task_name, *args, countdown=countdown)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session) -> None:
+    session.info.pop(_PENDING_KEY, None)
