@@ -361,3 +361,9 @@ class Trade(TimestampMixin, db.Model):
     strategy_tag: Mapped[str | None] = mapped_column(String(64))
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- paper broker state (section owner: paper broker) -------------------------------------------
+
+
+# --- exports and sharing (section owner: exports) -----------------------------------------------

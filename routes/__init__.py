@@ -5,7 +5,8 @@ from importlib import import_module
 
 BLUEPRINT_MODULES = (
     "routes.health", "routes.dashboard", "routes.auth", "routes.settings", "routes.audit", "routes.admin",
-    "routes.orders", "routes.trades", "routes.api",
+    "routes.api_keys", "routes.risk", "routes.orders", "routes.trades", "routes.brokers", "routes.exports",
+    "routes.api",
 )
 
 

@@ -1,4 +1,4 @@
-"""Audit pages."""
+"""Audit log pages: /audit (own events) and /admin/audit (all, admins)."""
 from flask import Blueprint
 
-bp = Blueprint("audit", __name__, url_prefix="/audit")
+bp = Blueprint("audit", __name__)

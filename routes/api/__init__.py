@@ -11,7 +11,7 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-SUBMODULES = ("auth", "api_keys", "orders", "trades", "market", "settings", "admin", "meta")
+SUBMODULES = ("auth", "api_keys", "orders", "trades", "market", "settings", "admin", "brokers", "exports", "meta")
 
 for _name in SUBMODULES:
     bp.register_blueprint(import_module(f"routes.api.{_name}").bp)

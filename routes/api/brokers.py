@@ -1,0 +1,4 @@
+"""API: brokers."""
+from flask import Blueprint
+
+bp = Blueprint("brokers", __name__)

@@ -1,0 +1,4 @@
+"""API: exports."""
+from flask import Blueprint
+
+bp = Blueprint("exports", __name__)

@@ -1,0 +1,1 @@
+"""Broker adapters behind one interface (base.py): paper (default), Schwab, Coinbase, E*TRADE."""

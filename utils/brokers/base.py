@@ -1,0 +1,111 @@
+"""The broker interface: plain data classes in and out, vendor failures as domain errors (issue 4 item 2).
+
+Every adapter implements `Broker`. Adapters raise only the errors in utils/errors.py:
+`InsufficientFunds`, `InvalidSymbol`, `BrokerRejected`, `BrokerUnavailable` (the only retryable one),
+`BrokerAuthExpired`, `OrderNotFound`, `OrderNotCancelable`. Money and quantities are Decimal.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from utils.market_data import Quote
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What we ask a broker to do. `client_order_id` is our idempotency key, sent to the broker."""
+
+    client_order_id: str
+    symbol: str
+    asset_type: str          # equity | option | crypto
+    side: str                # buy | sell
+    instruction: str         # BUY, SELL, BUY_TO_OPEN, SELL_TO_CLOSE, SELL_SHORT, BUY_TO_COVER, ...
+    order_type: str          # market | limit | stop | stop_limit
+    quantity: Decimal
+    time_in_force: str = "day"   # day | gtc
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class BrokerFill:
+    execution_id: str        # unique per order at the broker
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    executed_at: datetime
+
+
+@dataclass(frozen=True)
+class BrokerOrder:
+    """The broker's view of one order. `status` uses our OrderStatus values (adapters map theirs)."""
+
+    broker_order_id: str
+    client_order_id: str | None
+    status: str              # submitted | partially_filled | filled | pending_cancel | cancelled | rejected | replaced | expired
+    symbol: str
+    quantity: Decimal
+    filled_quantity: Decimal
+    average_fill_price: Decimal | None
+    fills: tuple[BrokerFill, ...] = ()
+    reject_reason: str | None = None
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    cash: Decimal
+    buying_power: Decimal
+    equity: Decimal
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    asset_type: str
+    quantity: Decimal        # negative for short
+    average_price: Decimal
+    market_price: Decimal | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """One linked broker account. `supports_stop_orders` tells whether stops can rest at the broker."""
+
+    supports_stop_orders: bool = True
+
+    @abc.abstractmethod
+    def place_order(self, request: OrderRequest) -> BrokerOrder:
+        """Send a new order. Must be safe to call again with the same client_order_id (no double)."""
+
+    @abc.abstractmethod
+    def get_order(self, broker_order_id: str) -> BrokerOrder:
+        """Current state of one order, with all its fills so far."""
+
+    @abc.abstractmethod
+    def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """The order we sent with this client_order_id, or None if the broker never received it."""
+
+    @abc.abstractmethod
+    def cancel_order(self, broker_order_id: str) -> BrokerOrder:
+        """Request cancellation; raises OrderNotCancelable when it already completed."""
+
+    @abc.abstractmethod
+    def replace_order(self, broker_order_id: str, request: OrderRequest) -> BrokerOrder:
+        """Replace an open order; returns the new order (the old one becomes `replaced`)."""
+
+    @abc.abstractmethod
+    def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """Quotes for many symbols in as few calls as the broker allows; unknown symbols are absent."""
+
+    @abc.abstractmethod
+    def get_account(self) -> AccountSnapshot:
+        """Cash, buying power and equity."""
+
+    @abc.abstractmethod
+    def get_positions(self) -> list[Position]:
+        """Open positions at the broker."""
