@@ -104,3 +104,23 @@ def revoke_all_sessions(user_id: int, except_session_id: str | None = None) -> i
     if except_session_id is not None:
         query = query.where(UserSession.id != except_session_id)
     return db.session.execute(query.values(revoked_at=utcnow())).rowcount
+
+
+def admin_required(view):
+    """Route decorator: signed-in admins only; anyone else gets 403 and an audit event."""
+    from functools import wraps
+
+    from flask_login import current_user, login_required
+
+    from utils import audit
+    from utils.errors import Forbidden
+
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if not current_user.is_admin:
+            audit.record_safely("authz.denied", user=current_user.id, details={"path": request.path})
+            raise Forbidden("Administrators only.")
+        return view(*args, **kwargs)
+
+    return wrapper
