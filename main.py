@@ -11,7 +11,7 @@ import sys
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from utils import cli, crypto, jobs, security, sessions
+from utils import cli, crypto, database, jobs, security, sessions
 from utils.config import ConfigError, load_config
 from utils.errors import register_error_handlers
 from utils.extensions import csrf, db, limiter, login_manager, migrate
@@ -47,6 +47,7 @@ def register_extensions(app: Flask) -> None:
     if app.config.get("TRUSTED_PROXY_COUNT"):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["TRUSTED_PROXY_COUNT"]), x_proto=1)
     db.init_app(app)
+    database.init_app(app)
     migrate.init_app(app, db, directory=app.config.get("MIGRATIONS_DIR", "migrations"), render_as_batch=True)
     crypto.init_app(app)
     csrf.init_app(app)

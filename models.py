@@ -82,7 +82,8 @@ class UserSettings(TimestampMixin, db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True, nullable=False)
-    notification_bot_token: Mapped[str | None] = mapped_column(EncryptedText(2048))
+    # Deferred: decrypted only when read, so a tampered value breaks only the code that needs it.
+    notification_bot_token: Mapped[str | None] = mapped_column(EncryptedText(2048), deferred=True)
     max_risk_per_trade_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("2"), nullable=False)
     default_stop_pct: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("5"), nullable=False)
     daily_trade_limit: Mapped[int] = mapped_column(Integer, default=100, nullable=False)
@@ -276,6 +277,8 @@ class Order(TimestampMixin, db.Model):
     stop_loss_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     take_profit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     trailing_stop_percent: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    # Unit price the risk checks assumed at placement (a market order has no limit price to reserve with).
+    estimated_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -365,5 +368,186 @@ class Trade(TimestampMixin, db.Model):
 
 # --- paper broker state (section owner: paper broker) -------------------------------------------
 
+class MarketPrice(db.Model):
+    """The current price of one symbol for one market-data source (`simulated` or `manual`).
+
+    The database is the source of truth so prices survive restarts; Redis only caches quotes.
+    `tick` counts random-walk steps (simulated); `as_of` is when the price was set or last moved.
+    """
+
+    __tablename__ = "market_prices"
+    __table_args__ = (UniqueConstraint("source", "symbol"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    price: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    tick: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class PaperAccount(TimestampMixin, db.Model):
+    """The simulated brokerage account behind a user's paper BrokerConnection."""
+
+    __tablename__ = "paper_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("broker_connections.id", ondelete="CASCADE"),
+                                               unique=True, nullable=False)
+    cash: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), default="USD", nullable=False)
+    # Bumped by every state change: the UPDATE doubles as a portable row lock (SQLite has no FOR UPDATE).
+    version: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+
+
+class PaperOrder(TimestampMixin, db.Model):
+    """One order at the paper broker (Alpaca-like); `client_order_id` is unique per account."""
+
+    __tablename__ = "paper_orders"
+    __table_args__ = (UniqueConstraint("account_id", "client_order_id"),
+                      Index("ix_paper_orders_status_symbol", "status", "symbol"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, nullable=False)
+    account_id: Mapped[int] = mapped_column(ForeignKey("paper_accounts.id", ondelete="CASCADE"), nullable=False)
+    client_order_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_type: Mapped[str] = mapped_column(String(8), nullable=False)
+    side: Mapped[str] = mapped_column(String(4), nullable=False)
+    instruction: Mapped[str] = mapped_column(String(24), nullable=False)
+    order_type: Mapped[str] = mapped_column(String(12), nullable=False)
+    time_in_force: Mapped[str] = mapped_column(String(8), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    limit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    stop_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    # Unit price reserved against buying power while the order is open (buys and short sales).
+    hold_price: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    hold_quantity: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    filled_quantity: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    filled_notional: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    fees: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    stop_triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reject_reason: Mapped[str | None] = mapped_column(String(255))
+    replaces: Mapped[str | None] = mapped_column(String(36))
+    replaced_by: Mapped[str | None] = mapped_column(String(36))
+    version: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    filled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    fills: Mapped[list["PaperFill"]] = relationship(order_by="PaperFill.id", back_populates="order")
+
+
+class PaperFill(db.Model):
+    """One execution of a paper order."""
+
+    __tablename__ = "paper_fills"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("paper_orders.id", ondelete="CASCADE"), index=True,
+                                          nullable=False)
+    execution_id: Mapped[str] = mapped_column(String(36), unique=True, nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    price: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    fee: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal("0"), nullable=False)
+    executed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+    order: Mapped[PaperOrder] = relationship(back_populates="fills")
+
+
+class PaperPosition(TimestampMixin, db.Model):
+    """A net position at the paper broker: signed quantity (negative = short) and average price."""
+
+    __tablename__ = "paper_positions"
+    __table_args__ = (UniqueConstraint("account_id", "symbol"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("paper_accounts.id", ondelete="CASCADE"), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_type: Mapped[str] = mapped_column(String(8), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+    average_price: Mapped[Decimal] = mapped_column(ExactDecimal, nullable=False)
+
+
 
 # --- exports and sharing (section owner: exports) -----------------------------------------------
+
+class ExportFormat(enum.StrEnum):
+    CSV = "csv"
+    JSON = "json"
+    ZIP = "zip"
+
+
+class ExportJobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+# Keyset pagination of a user's trades (`user_id = ? AND id > ? ORDER BY id`) reads an index, not a sort.
+Index("ix_trades_user_id_id", Trade.user_id, Trade.id)
+
+
+class StoredFile(db.Model):
+    """A file in the configured storage backend; `key` is always server-generated."""
+
+    __tablename__ = "stored_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    backend: Mapped[str] = mapped_column(String(8), nullable=False)
+    key: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    filename: Mapped[str] = mapped_column(String(128), nullable=False)
+    content_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    size: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True, nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ExportJob(TimestampMixin, db.Model):
+    """A background export: progress is `rows_done` of `rows_total`; the result is a StoredFile."""
+
+    __tablename__ = "export_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    format: Mapped[ExportFormat] = mapped_column(str_enum(ExportFormat), nullable=False)
+    status: Mapped[ExportJobStatus] = mapped_column(str_enum(ExportJobStatus), default=ExportJobStatus.QUEUED,
+                                                    nullable=False)
+    filters: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)
+    rows_total: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    error: Mapped[str | None] = mapped_column(String(255))
+    stored_file_id: Mapped[int | None] = mapped_column(ForeignKey("stored_files.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    stored_file: Mapped[StoredFile | None] = relationship()
+
+
+class ShareLink(db.Model):
+    """A public, redacted export behind a random token; only the token's SHA-256 is stored."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    token_prefix: Mapped[str] = mapped_column(String(12), nullable=False)
+    format: Mapped[ExportFormat] = mapped_column(str_enum(ExportFormat), nullable=False)
+    filters: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)
+    # The link shows the trades that existed when it was made, never ones added later.
+    max_trade_id: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    trade_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    max_accesses: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    accessed_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_accessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

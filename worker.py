@@ -23,14 +23,163 @@ def _fresh_connections(**_kwargs) -> None:
 
 # --- market data (section owner: market data / paper broker) ---------------------------------
 
+# shared_task: registered on every Celery app, so a test's in-process worker runs them too.
+from celery import shared_task  # noqa: E402  (each section keeps its imports)
+
+
+@shared_task(name=jobs.MARKET_TICK)
+def market_tick() -> None:
+    """Beat: move the simulated feed one step (when it is the source), then match resting paper orders."""
+    from utils import market_data
+    from utils.brokers import paper
+    with market_data.tick_lock() as acquired:
+        if not acquired:
+            return
+        if market_data.source_name() == "simulated":
+            market_data.advance_simulated_prices()
+            db.session.commit()
+        paper.match_resting_orders()
+        db.session.commit()
+
+
+@shared_task(name=jobs.MARKET_MATCH)
+def market_match(symbol: str) -> None:
+    """After a manual price change: match the resting paper orders of that symbol."""
+    from utils.brokers import paper
+    paper.match_resting_orders([symbol])
+    db.session.commit()
+
+
+BEAT_SCHEDULE["market-tick"] = {"task": jobs.MARKET_TICK, "schedule": float(flask_app.config["MARKET_TICK_SECONDS"]),
+                                "options": {"expires": float(flask_app.config["MARKET_TICK_SECONDS"])}}
+
 
 # --- orders and trades (section owner: trading core) -----------------------------------------
+# shared_task: the tasks register on every Celery app, so a test's in-process worker runs them too.
+from celery import shared_task  # noqa: E402  (each section keeps its imports)
+
+from utils import orders as order_service  # noqa: E402
+from utils.errors import BrokerUnavailable, DomainError  # noqa: E402
+
+ORDER_SEND_MAX_RETRIES = 5
+
+
+@shared_task(name=jobs.ORDERS_EXECUTE, bind=True, acks_late=True)
+def execute_order(self, order_id: int, attempt: int | None = None) -> None:
+    """Claim the order (committed first, so a crash leaves `submitting` for the recovery sweep), send it,
+    record the answer. BrokerUnavailable retries with exponential backoff, then `failed`."""
+    attempt = order_service.claim_submission(order_id, attempt)
+    db.session.commit()
+    if attempt is None:
+        return
+    try:
+        answer = order_service.send_claimed(order_id)
+        db.session.commit()  # the broker's side is durable before we record its answer
+        if answer is not None:
+            order_service.pause_for_fault_injection(order_id)
+            order_service.record_answer(order_id, answer)
+            db.session.commit()
+    except BrokerUnavailable as error:
+        db.session.rollback()
+        # Counted on the order (not per Celery message), so a recovery resend cannot restart the count.
+        if attempt > ORDER_SEND_MAX_RETRIES:
+            order_service.fail_submission(order_id, f"broker unreachable after {attempt} attempts: {error.message}")
+            db.session.commit()
+            return
+        raise self.retry(args=[order_id, attempt], countdown=2 ** (attempt - 1), max_retries=None) from None
+
+
+@shared_task(name=jobs.ORDERS_CANCEL, bind=True, max_retries=ORDER_SEND_MAX_RETRIES, acks_late=True)
+def cancel_order(self, order_id: int) -> None:
+    """Tell the broker to cancel a `pending_cancel` order and record its answer."""
+    try:
+        order_service.request_broker_cancel(order_id)
+        db.session.commit()
+    except BrokerUnavailable:
+        db.session.rollback()
+        raise self.retry(countdown=2 ** self.request.retries) from None
+
+
+@shared_task(name=jobs.ORDERS_SYNC)
+def sync_orders() -> None:
+    """Beat: poll the broker for every open order's fills and status (one scan at a time, Redis lock)."""
+    with order_service.sweep_lock("sync") as acquired:
+        for order_id in order_service.open_order_ids() if acquired else []:
+            try:
+                order_service.sync_order(order_id)
+                db.session.commit()
+            except DomainError as error:
+                db.session.rollback()
+                order_service.log.warning("sync of order %s failed: %s", order_id, error.message)
+
+
+@shared_task(name=jobs.ORDERS_RECOVER)
+def recover_orders() -> None:
+    """Beat: re-enqueue orders stuck in `pending`, and resend (after asking the broker) stuck `submitting`."""
+    pending, submitting = order_service.stuck_orders()
+    for order_id in pending:
+        jobs.send_now(jobs.ORDERS_EXECUTE, order_id)
+    for order_id, attempt in submitting:
+        jobs.send_now(jobs.ORDERS_EXECUTE, order_id, attempt)
+
+
+BEAT_SCHEDULE["orders-sync"] = {"task": jobs.ORDERS_SYNC, "schedule": 2.0}
+BEAT_SCHEDULE["orders-recover"] = {"task": jobs.ORDERS_RECOVER, "schedule": 15.0}
+
 
 
 # --- broker links (section owner: broker linking) --------------------------------------------
+from celery import shared_task  # noqa: E402  (each section keeps its imports)
+
+
+@shared_task(name=jobs.BROKERS_REFRESH)
+def refresh_broker_tokens() -> dict:
+    """Beat: refresh broker tokens nearing expiry (each under its own lock) and expire stale E*TRADE links."""
+    from utils import broker_links
+    counts = broker_links.keep_links_alive()
+    db.session.commit()
+    return counts
+
+
+BEAT_SCHEDULE["brokers-refresh-tokens"] = {"task": jobs.BROKERS_REFRESH, "schedule": 120.0}
 
 
 # --- exports (section owner: exports and sharing) --------------------------------------------
+# shared_task: registered on every Celery app, so a test's in-process worker runs them too.
+from celery import shared_task  # noqa: E402  (each section keeps its imports)
+
+from utils import exports as export_service  # noqa: E402
+
+EXPORTS_CLEANUP_SECONDS = 3600.0
+
+
+@shared_task(name=jobs.EXPORTS_BUILD, acks_late=True)
+def build_export(job_id: int) -> None:
+    """Claim a queued export job, build its file into storage (progress committed per batch), commit."""
+    if not export_service.claim_job(job_id):
+        db.session.rollback()
+        return
+    db.session.commit()
+    try:
+        export_service.run_job(job_id, commit=db.session.commit)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        export_service.log.exception("export job %s failed", job_id)
+        export_service.fail_job(job_id, "The export could not be built.")
+        db.session.commit()
+
+
+@shared_task(name=jobs.EXPORTS_CLEANUP)
+def cleanup_exports() -> None:
+    """Beat: delete stored export files past their expiry."""
+    export_service.delete_expired_files()
+    db.session.commit()
+
+
+BEAT_SCHEDULE["exports-cleanup"] = {"task": jobs.EXPORTS_CLEANUP, "schedule": EXPORTS_CLEANUP_SECONDS,
+                                   "options": {"queue": "exports"}}
+
 
 
 celery.conf.beat_schedule = BEAT_SCHEDULE

@@ -178,7 +178,7 @@ def make_user(db):
     counter = iter(range(1, 10_000))
 
     def factory(email: str | None = None, password: str = TEST_PASSWORD, is_admin: bool = False):
-        email = email or f"user{next(counter)}@example.test"
+        email = email or f"user{next(counter)}@example.com"
         user = accounts.ensure_admin(email, password) if is_admin else accounts.register(email, password)
         db.session.commit()
         return user

@@ -10,8 +10,9 @@ import logging
 import re
 
 from flask import has_request_context, request
+from sqlalchemy import select
 
-from models import AuditEvent, utcnow
+from models import AuditEvent, User, utcnow
 from utils.extensions import db
 
 log = logging.getLogger("tradewarden.audit")
@@ -71,3 +72,50 @@ def _request_ip() -> str | None:
 
 def _request_agent() -> str | None:
     return clean_text(request.user_agent.string or "", 512) if has_request_context() else None
+
+
+# --- reading the log (pages /audit and /admin/audit) ----------------------------------------------
+
+PAGE_SIZE = 50
+
+
+def page_number(unsafe_page) -> int:
+    """A page number from the query string: a whole number ≥ 1, anything else means page 1."""
+    try:
+        return max(1, min(int(unsafe_page), 100_000))
+    except (TypeError, ValueError):
+        return 1
+
+
+def events_for_user(user_id: int, page: int = 1):
+    """One page of the events about `user_id`, newest first (a Flask-SQLAlchemy Pagination)."""
+    query = select(AuditEvent).where(AuditEvent.user_id == user_id) \
+        .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+    return db.paginate(query, page=page, per_page=PAGE_SIZE, error_out=False, count=True)
+
+
+def search_events(unsafe_event_type: str = "", unsafe_email: str = "", page: int = 1):
+    """One page of all events, newest first, optionally filtered by event type and the user's email."""
+    query = select(AuditEvent).outerjoin(User, User.id == AuditEvent.user_id) \
+        .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+    event_type = (unsafe_event_type or "").strip()[:64]
+    if event_type:
+        query = query.where(AuditEvent.event_type == event_type)
+    email = (unsafe_email or "").strip().lower()[:254]
+    if email:
+        query = query.where(User.email == email)
+    return db.paginate(query, page=page, per_page=PAGE_SIZE, error_out=False, count=True)
+
+
+def event_types() -> list[str]:
+    """Every event type present in the log, for the admin filter."""
+    return list(db.session.scalars(select(AuditEvent.event_type).distinct().order_by(AuditEvent.event_type)))
+
+
+def emails_by_user_id(events) -> dict[int, str]:
+    """The email of every user (subject or actor) mentioned in `events`, for display."""
+    ids = {event.user_id for event in events} | {event.actor_id for event in events}
+    ids.discard(None)
+    if not ids:
+        return {}
+    return dict(db.session.execute(select(User.id, User.email).where(User.id.in_(ids))).all())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import click
+from flask.cli import with_appcontext
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from utils import accounts, crypto
@@ -16,6 +17,7 @@ log = logging.getLogger("tradewarden.cli")
 def init_app(app) -> None:
     app.cli.add_command(create_admin)
     app.cli.add_command(rotate_encryption_key)
+    app.cli.add_command(prices)
     if app.config.get("SUPERADMIN_EMAIL") and app.config.get("SUPERADMIN_PASSWORD"):
         with app.app_context():
             ensure_superadmin(app.config["SUPERADMIN_EMAIL"], app.config["SUPERADMIN_PASSWORD"])
@@ -37,6 +39,7 @@ def ensure_superadmin(email: str, password: str) -> None:
 
 
 @click.command("create-admin")
+@with_appcontext
 @click.option("--email", prompt=True)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 def create_admin(email: str, password: str) -> None:
@@ -53,6 +56,7 @@ def create_admin(email: str, password: str) -> None:
 
 
 @click.command("rotate-encryption-key")
+@with_appcontext
 def rotate_encryption_key() -> None:
     """Re-encrypt every encrypted column under the newest key in ENCRYPTION_KEYS."""
     try:
@@ -62,3 +66,25 @@ def rotate_encryption_key() -> None:
         raise click.ClickException(error.message) from None
     db.session.commit()
     click.echo(f"re-encrypted {changed} values under the newest key")
+
+
+# --- prices (section owner: market data) ----------------------------------------------------------
+
+@click.group("prices")
+def prices() -> None:
+    """Manual market prices (MARKET_DATA_SOURCE=manual)."""
+
+
+@prices.command("set")
+@click.argument("symbol")
+@click.argument("price")
+def set_price(symbol: str, price: str) -> None:
+    """Set SYMBOL's price to PRICE (e.g. `flask prices set AAPL 190.25`); resting paper orders match next."""
+    from utils import market_data
+    try:
+        row = market_data.set_manual_price(symbol, price)
+    except DomainError as error:
+        db.session.rollback()
+        raise click.ClickException(error.message) from None
+    db.session.commit()
+    click.echo(f"{row.symbol} = {format(row.price, 'f')} (as of {row.as_of.isoformat()})")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet
 
 MIN_SECRET_KEY_LENGTH = 32
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE_URL = "sqlite:///instance/tradewarden.db"
 
 
 class ConfigError(Exception):
@@ -52,7 +55,8 @@ def _int(env, name: str, default: int, minimum: int = 0, maximum: int | None = N
     except ValueError:
         raise ConfigError(f"{name} must be a whole number") from None
     if value < minimum or (maximum is not None and value > maximum):
-        raise ConfigError(f"{name} must be between {minimum} and {maximum if maximum is not None else 'any'}")
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name} must be {bound}")
     return value
 
 
@@ -87,6 +91,23 @@ def _redis_url(env) -> str:
     return url
 
 
+def _database_url(env) -> str:
+    """DATABASE_URL; a relative SQLite path is taken from the project root, whatever the working directory."""
+    url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = f"{prefix}{ROOT / url[len(prefix):]}"
+    return url
+
+
+def _public_base_url(env) -> str:
+    url = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError("PUBLIC_BASE_URL must be an absolute http(s) URL")
+    return url
+
+
 def _broker_settings(env) -> dict:
     """Client ids, secrets and endpoints of the linkable brokers (offered only when the id is set)."""
     defaults = {
@@ -104,6 +125,35 @@ def _broker_settings(env) -> dict:
     return {name: env.get(name, defaults.get(name, "")).strip() for name in names}
 
 
+def _decimal_text(env, name: str, default: str) -> str:
+    """A non-negative decimal setting, kept as text (the services turn it into a Decimal)."""
+    from decimal import Decimal, InvalidOperation
+    value = env.get(name, "").strip() or default
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a decimal number") from None
+    if not parsed.is_finite() or parsed < 0:
+        raise ConfigError(f"{name} must be a non-negative decimal number")
+    return value
+
+
+def _market_settings(env) -> dict:
+    """Market data and paper broker settings (section owner: market data / paper broker)."""
+    return {
+        "SIMULATED_SEED": _int(env, "SIMULATED_SEED", 42, minimum=0),
+        "SIMULATED_SYMBOLS": env.get("SIMULATED_SYMBOLS", "").strip(),
+        "SIMULATED_VOLATILITY_BPS": _int(env, "SIMULATED_VOLATILITY_BPS", 20, minimum=0, maximum=5000),
+        "QUOTE_SPREAD_BPS": _int(env, "QUOTE_SPREAD_BPS", 4, minimum=0, maximum=1000),
+        "QUOTE_MAX_AGE_SECONDS": _int(env, "QUOTE_MAX_AGE_SECONDS", 300, minimum=1),
+        "MARKET_TICK_SECONDS": _int(env, "MARKET_TICK_SECONDS", 5, minimum=1),
+        "PAPER_SLIPPAGE_BPS": _int(env, "PAPER_SLIPPAGE_BPS", 0, minimum=0, maximum=1000),
+        "PAPER_FEE_PER_ORDER": _decimal_text(env, "PAPER_FEE_PER_ORDER", "0"),
+        "PAPER_FEE_PER_UNIT": _decimal_text(env, "PAPER_FEE_PER_UNIT", "0"),
+        "PAPER_LIQUIDITY_PER_TICK": _decimal_text(env, "PAPER_LIQUIDITY_PER_TICK", "1000000"),
+    }
+
+
 def load_config(env=None, overrides: dict | None = None) -> dict:
     """Read, validate and return the whole configuration; raises ConfigError naming the bad variable."""
     env = dict(os.environ if env is None else env)
@@ -115,11 +165,11 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "ENV_NAME": environment,
         "SECRET_KEY": _require_secret_key(env),
         "ENCRYPTION_KEYS": _require_encryption_keys(env),
-        "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", "").strip() or "sqlite:///instance/tradewarden.db",
+        "SQLALCHEMY_DATABASE_URI": _database_url(env),
         "REDIS_URL": redis_url,
         "CACHE_REDIS_URL": env.get("CACHE_REDIS_URL", "").strip() or redis_db_url(redis_url, 1),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "").strip() or redis_db_url(redis_url, 2),
-        "PUBLIC_BASE_URL": env.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").strip().rstrip("/"),
+        "PUBLIC_BASE_URL": _public_base_url(env),
         "STOPLOSS_INTERVAL_SECONDS": _int(env, "STOPLOSS_INTERVAL_SECONDS", 60, minimum=1),
         "MARKET_DATA_SOURCE": _choice(env, "MARKET_DATA_SOURCE", "simulated", ("simulated", "manual", "schwab")),
         "QUOTE_CACHE_TTL_SECONDS": _int(env, "QUOTE_CACHE_TTL_SECONDS", 5, minimum=1),
@@ -135,8 +185,15 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "PAPER_STARTING_CASH": env.get("PAPER_STARTING_CASH", "100000").strip(),
         "API_KEY_ROTATION_GRACE_HOURS": _int(env, "API_KEY_ROTATION_GRACE_HOURS", 24, minimum=0, maximum=168),
         "API_RATE_LIMIT": env.get("API_RATE_LIMIT", "600/minute").strip(),
+        # orders (issue 4): when a pending/submitting order counts as stuck for the recovery sweep, and a
+        # test-only fault injection that pauses between the broker call and the commit (0 = off).
+        "ORDERS_STUCK_AFTER_SECONDS": _int(env, "ORDERS_STUCK_AFTER_SECONDS", 30, minimum=1),
+        "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": _int(env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS", 0, minimum=0,
+                                                   maximum=600),
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5),
         "LOCAL_DEVELOPMENT": local,
         **_broker_settings(env),
+        **_market_settings(env),
     }
     config.update(_flask_settings(config, local))
     return config

@@ -14,12 +14,13 @@ class DomainError(Exception):
     message = "The request could not be processed."
 
     def __init__(self, message: str | None = None, *, code: str | None = None,
-                 details: dict | None = None, status: int | None = None):
+                 details: dict | None = None, status: int | None = None, headers: dict | None = None):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.code = code or self.code
         self.details = details or {}
         self.status = status or self.status
+        self.headers = headers or {}
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -61,6 +62,12 @@ class RiskLimitExceeded(DomainError):
     status, code, message = 422, "risk_limit_exceeded", "The order breaks a risk limit."
 
 
+class RateLimited(DomainError):
+    """Too many requests; `headers` carry Retry-After and X-RateLimit-*."""
+
+    status, code, message = 429, "rate_limited", "Too many requests; slow down and try again later."
+
+
 class DependencyUnavailable(DomainError):
     status, code, message = 503, "dependency_unavailable", "A service Tradewarden depends on is down."
 
@@ -68,7 +75,7 @@ class DependencyUnavailable(DomainError):
 class DecryptionFailed(DomainError):
     """Stored ciphertext does not verify under any configured key (tampered, or key removed)."""
 
-    status, code, message = 500, "decryption_failed", "A stored secret could not be decrypted."
+    status, code, message = 409, "decryption_failed", "A stored secret could not be decrypted; enter it again."
 
 
 class BrokerError(DomainError):
@@ -122,7 +129,7 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     if wants_json():
         response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
         response.status_code = status
-    elif request.method in {"POST", "PUT", "PATCH", "DELETE"} and status in {400, 409, 422, 429} \
+    elif request.method in {"POST", "PUT", "PATCH", "DELETE"} and status in {400, 409, 422} \
             and request.referrer and _same_origin(request.referrer):
         flash(message, "error")
         response = redirect(request.referrer)
@@ -132,7 +139,28 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
         response = make_response(response)
     for name, value in (headers or {}).items():
         response.headers[name] = value
+    if status == 401 and _is_api_request():
+        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="tradewarden"')
     return response
+
+
+def _is_api_request() -> bool:
+    from flask import has_request_context, request
+    return has_request_context() and request.path.startswith("/api/")
+
+
+def _audit_api_denial(error) -> None:
+    """Record a 401/403 of the JSON API (throttled per address and reason so a flood cannot fill the log)."""
+    from flask import g, request
+
+    from utils import api_auth, audit
+    reason = str(error.details.get("reason") or error.code)[:64]
+    if not api_auth.should_audit_denial(reason):
+        return
+    user = getattr(error, "audit_user_id", None) or getattr(g.get("api_user"), "id", None)
+    audit.record_safely("api.authorization_denied", user=user,
+                        details={"status": error.status, "reason": reason, "method": request.method,
+                                 "path": request.path[:200]})
 
 
 def _same_origin(url: str) -> bool:
@@ -142,7 +170,7 @@ def _same_origin(url: str) -> bool:
 
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large",
+              405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large", 414: "uri_too_long",
               415: "unsupported_media_type", 422: "validation_failed", 429: "rate_limited",
               500: "internal_error", 503: "service_unavailable"}
 
@@ -160,7 +188,10 @@ def register_error_handlers(app) -> None:
     def _domain(error: DomainError):
         if error.status >= 500:
             log.error("domain error %s: %s", error.code, error.message)
-        return error_response(error.status, error.code, error.message, error.details)
+        if error.status in (401, 403) and _is_api_request():
+            _audit_api_denial(error)
+        return error_response(error.status, error.code, error.message, error.details,
+                              headers=getattr(error, "headers", None))
 
     @app.errorhandler(CSRFError)
     def _csrf(error):
@@ -171,6 +202,8 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException):
         status = error.code or 500
+        if status == 405 and _is_api_request() and not _path_matches_any_method(error.valid_methods or ()):
+            return error_response(404, "not_found", "Not found.")
         headers = {}
         if status == 429:
             from utils import audit
@@ -186,7 +219,32 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
         log.exception("unhandled error")
+        _rollback_quietly()
         return error_response(500, "internal_error", "Something went wrong on our side. It has been logged.")
+
+
+def _path_matches_any_method(methods) -> bool:
+    """werkzeug answers 405 when a converter (e.g. int(min=1)) refuses the value for every rule of the path;
+    then the URL names nothing, and the honest answer is 404."""
+    from flask import current_app, request
+    from werkzeug.exceptions import HTTPException
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    for method in methods:
+        try:
+            adapter.match(method=method)
+            return True
+        except HTTPException:
+            continue
+    return False
+
+
+def _rollback_quietly() -> None:
+    """A failed request must not leave a broken transaction for the error page (or the next request)."""
+    try:
+        from utils.extensions import db
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the database itself may be what failed
+        pass
 
 
 def _retry_after(error) -> int | None:

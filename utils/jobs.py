@@ -16,13 +16,15 @@ from utils.extensions import db
 ORDERS_EXECUTE = "orders.execute"
 ORDERS_SYNC = "orders.sync"
 ORDERS_RECOVER = "orders.recover"
+ORDERS_CANCEL = "orders.cancel"
 MARKET_TICK = "market.tick"
+MARKET_MATCH = "market.match"
 STOPLOSS_SWEEP = "stoploss.sweep"
 EXPORTS_BUILD = "exports.build"
 EXPORTS_CLEANUP = "exports.cleanup"
 BROKERS_REFRESH = "brokers.refresh_tokens"
 
-QUEUE_FOR = {ORDERS_EXECUTE: "orders", ORDERS_SYNC: "orders", ORDERS_RECOVER: "orders",
+QUEUE_FOR = {ORDERS_EXECUTE: "orders", ORDERS_SYNC: "orders", ORDERS_RECOVER: "orders", ORDERS_CANCEL: "orders",
              STOPLOSS_SWEEP: "orders", EXPORTS_BUILD: "exports"}
 TASK_TIME_LIMIT_SECONDS = 300
 

@@ -7,14 +7,16 @@ idle timeout and absolute lifetime all take effect on the next request.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
-from flask import current_app, request, session
-from flask_login import login_user, logout_user
+from flask import current_app, g, request, session
+from flask_login import current_user, login_user, logout_user
 from sqlalchemy import select, update
 
 from models import User, UserSession, utcnow
+from utils import audit
 from utils.extensions import db, login_manager
 
 TOUCH_INTERVAL = timedelta(seconds=60)
@@ -26,6 +28,28 @@ def init_app(app) -> None:
     login_manager.login_message = "Please sign in to continue."
     login_manager.login_message_category = "info"
     login_manager.user_loader(load_user)
+    app.before_request(_load_user_early)
+    app.teardown_request(_forget_request_state)
+
+
+def _forget_request_state(_error=None) -> None:
+    """Drop the signed-in user and CSRF token that Flask-Login and Flask-WTF cache on `g`.
+
+    `g` outlives a request when an app context was already pushed (tests, scripts); the next request,
+    maybe from another browser, must resolve its own user and token from its own cookie.
+    """
+    g.pop("_login_user", None)
+    _forget_csrf_token()
+
+
+def _forget_csrf_token() -> None:
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+
+
+def _load_user_early() -> None:
+    """Resolve the signed-in user before the view runs, so the loader's touch-commit never commits view work."""
+    if request.endpoint != "static" and "_user_id" in session:
+        current_user._get_current_object()
 
 
 def hash_token(token: str) -> str:
@@ -35,6 +59,7 @@ def hash_token(token: str) -> str:
 def start_session(user: User, remember: bool = False) -> UserSession:
     """Sign `user` in: new server-side session, fresh cookie (the old session id never survives)."""
     session.clear()
+    _forget_csrf_token()  # the CSRF secret went with the old session; forms rendered later get a new one
     token, now = secrets.token_urlsafe(32), utcnow()
     lifetime = (timedelta(days=current_app.config["REMEMBER_ME_DAYS"]) if remember
                 else timedelta(hours=current_app.config["SESSION_ABSOLUTE_HOURS"]))
@@ -65,11 +90,16 @@ def load_user(token: str) -> User | None:
 
 
 def is_live(record: UserSession) -> bool:
-    """Not revoked, not past its absolute expiry, and (unless remembered) not idle too long."""
-    now = utcnow()
-    if record.revoked_at is not None or now >= record.expires_at:
+    """Not revoked, within its absolute lifetime, and (unless remembered) not idle too long.
+
+    The lifetime is re-checked against the current settings, so lowering them takes effect at once.
+    """
+    now, config = utcnow(), current_app.config
+    lifetime = (timedelta(days=config["REMEMBER_ME_DAYS"]) if record.remember
+                else timedelta(hours=config["SESSION_ABSOLUTE_HOURS"]))
+    if record.revoked_at is not None or now >= min(record.expires_at, record.created_at + lifetime):
         return False
-    idle = timedelta(minutes=current_app.config["SESSION_IDLE_MINUTES"])
+    idle = timedelta(minutes=config["SESSION_IDLE_MINUTES"])
     return record.remember or now - record.last_seen_at < idle
 
 
@@ -90,12 +120,35 @@ def list_sessions(user: User) -> list[UserSession]:
 
 
 def revoke_session(user: User, session_id: str) -> bool:
-    """Revoke one of the user's own sessions; False when it is not theirs or already ended."""
+    """Revoke one of the user's own sessions (audited); False when it is not theirs or already ended."""
     result = db.session.execute(update(UserSession)
                                 .where(UserSession.id == session_id, UserSession.user_id == user.id,
                                        UserSession.revoked_at.is_(None))
                                 .values(revoked_at=utcnow()))
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    audit.record("auth.session_revoked", user=user, details={"session_id": session_id})
+    return True
+
+
+def sign_out(user: User) -> None:
+    """Sign out of this browser only (audited); a copied cookie of this session is refused afterwards."""
+    audit.record("auth.logout", user=user)
+    end_current_session(user)
+
+
+def sign_out_everywhere(user: User) -> int:
+    """End every session of the user, this browser's included (audited); returns how many ended."""
+    ended = revoke_all_sessions(user.id)
+    audit.record("auth.signed_out_everywhere", user=user, details={"sessions_count": ended})
+    end_current_session(user)
+    return ended
+
+
+def end_other_sessions(user: User) -> int:
+    """End every session of the user except this browser's (after a password change)."""
+    current_id = user.current_session.id if user.current_session is not None else None
+    return revoke_all_sessions(user.id, except_session_id=current_id)
 
 
 def revoke_all_sessions(user_id: int, except_session_id: str | None = None) -> int:
@@ -104,6 +157,25 @@ def revoke_all_sessions(user_id: int, except_session_id: str | None = None) -> i
     if except_session_id is not None:
         query = query.where(UserSession.id != except_session_id)
     return db.session.execute(query.values(revoked_at=utcnow())).rowcount
+
+
+_BROWSERS = (("Edg", "Edge"), ("OPR", "Opera"), ("Firefox", "Firefox"), ("Chromium", "Chromium"),
+             ("Chrome", "Chrome"), ("Version", "Safari"))
+_SYSTEMS = (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Windows", "Windows"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def describe_agent(user_agent: str | None) -> str:
+    """A short human label for a User-Agent header, e.g. "Firefox 128 on Linux" (best effort)."""
+    agent = user_agent or ""
+    browser = next((f"{label} {match.group(1)}" for token, label in _BROWSERS
+                    if (match := re.search(rf"\b{token}/(\d+)", agent))), None)
+    if "HeadlessChrome/" in agent:
+        browser = "Headless Chrome " + re.search(r"HeadlessChrome/(\d+)", agent).group(1)
+    system = next((label for token, label in _SYSTEMS if token in agent), None)
+    if browser is None:
+        return agent[:40] or "Unknown browser"
+    return f"{browser} on {system}" if system else browser
 
 
 def admin_required(view):

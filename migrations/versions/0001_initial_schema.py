@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 09:35:36.005281
+Create Date: 2026-11-23 10:16:06.333653
 
 """
 from alembic import op
@@ -90,6 +90,18 @@ def upgrade():
     with op.batch_alter_table('broker_connections', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_broker_connections_user_id'), ['user_id'], unique=False)
 
+    op.create_table('market_prices',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('symbol', sa.String(length=32), nullable=False),
+    sa.Column('price', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('tick', sa.Integer(), nullable=False),
+    sa.Column('as_of', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('set_by_id', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['set_by_id'], ['users.id'], name=op.f('fk_market_prices_set_by_id_users'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_market_prices')),
+    sa.UniqueConstraint('source', 'symbol', name=op.f('uq_market_prices_source_symbol'))
+    )
     op.create_table('refresh_tokens',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -109,6 +121,48 @@ def upgrade():
     with op.batch_alter_table('refresh_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_refresh_tokens_family_id'), ['family_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_refresh_tokens_user_id'), ['user_id'], unique=False)
+
+    op.create_table('share_links',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('token_prefix', sa.String(length=12), nullable=False),
+    sa.Column('format', sa.Enum('csv', 'json', 'zip', name='exportformat', native_enum=False, length=24), nullable=False),
+    sa.Column('filters', sa.JSON(), nullable=False),
+    sa.Column('max_trade_id', sa.Integer(), nullable=False),
+    sa.Column('trade_count', sa.Integer(), nullable=False),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('max_accesses', sa.Integer(), nullable=False),
+    sa.Column('accessed_count', sa.Integer(), nullable=False),
+    sa.Column('revoked_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('last_accessed_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_share_links_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_share_links')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_share_links_token_hash'))
+    )
+    with op.batch_alter_table('share_links', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_share_links_user_id'), ['user_id'], unique=False)
+
+    op.create_table('stored_files',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('backend', sa.String(length=8), nullable=False),
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('filename', sa.String(length=128), nullable=False),
+    sa.Column('content_type', sa.String(length=64), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('deleted_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_stored_files_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_stored_files')),
+    sa.UniqueConstraint('key', name=op.f('uq_stored_files_key'))
+    )
+    with op.batch_alter_table('stored_files', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_stored_files_expires_at'), ['expires_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_stored_files_user_id'), ['user_id'], unique=False)
 
     op.create_table('user_sessions',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -163,6 +217,44 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_broker_accounts_connection_id'), ['connection_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_broker_accounts_user_id'), ['user_id'], unique=False)
 
+    op.create_table('export_jobs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('format', sa.Enum('csv', 'json', 'zip', name='exportformat', native_enum=False, length=24), nullable=False),
+    sa.Column('status', sa.Enum('queued', 'running', 'done', 'failed', 'expired', name='exportjobstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('filters', sa.JSON(), nullable=False),
+    sa.Column('rows_total', sa.Integer(), nullable=False),
+    sa.Column('rows_done', sa.Integer(), nullable=False),
+    sa.Column('error', sa.String(length=255), nullable=True),
+    sa.Column('stored_file_id', sa.Integer(), nullable=True),
+    sa.Column('started_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['stored_file_id'], ['stored_files.id'], name=op.f('fk_export_jobs_stored_file_id_stored_files'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_export_jobs_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_export_jobs'))
+    )
+    with op.batch_alter_table('export_jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_export_jobs_user_id'), ['user_id'], unique=False)
+
+    op.create_table('paper_accounts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('connection_id', sa.Integer(), nullable=False),
+    sa.Column('cash', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['connection_id'], ['broker_connections.id'], name=op.f('fk_paper_accounts_connection_id_broker_connections'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_paper_accounts_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_paper_accounts')),
+    sa.UniqueConstraint('connection_id', name=op.f('uq_paper_accounts_connection_id'))
+    )
+    with op.batch_alter_table('paper_accounts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_paper_accounts_user_id'), ['user_id'], unique=False)
+
     op.create_table('trades',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -194,6 +286,7 @@ def upgrade():
     )
     with op.batch_alter_table('trades', schema=None) as batch_op:
         batch_op.create_index('ix_trades_status_symbol', ['status', 'symbol'], unique=False)
+        batch_op.create_index('ix_trades_user_id_id', ['user_id', 'id'], unique=False)
         batch_op.create_index('ix_trades_user_status', ['user_id', 'status'], unique=False)
 
     op.create_table('orders',
@@ -223,6 +316,7 @@ def upgrade():
     sa.Column('stop_loss_price', utils.dbtypes.ExactDecimal(), nullable=True),
     sa.Column('take_profit_price', utils.dbtypes.ExactDecimal(), nullable=True),
     sa.Column('trailing_stop_percent', utils.dbtypes.ExactDecimal(), nullable=True),
+    sa.Column('estimated_price', utils.dbtypes.ExactDecimal(), nullable=True),
     sa.Column('submitted_at', utils.dbtypes.UTCDateTime(), nullable=True),
     sa.Column('completed_at', utils.dbtypes.UTCDateTime(), nullable=True),
     sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
@@ -241,6 +335,56 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_orders_trade_id'), ['trade_id'], unique=False)
         batch_op.create_index('ix_orders_user_created', ['user_id', 'created_at'], unique=False)
 
+    op.create_table('paper_orders',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('public_id', sa.String(length=36), nullable=False),
+    sa.Column('account_id', sa.Integer(), nullable=False),
+    sa.Column('client_order_id', sa.String(length=64), nullable=False),
+    sa.Column('symbol', sa.String(length=32), nullable=False),
+    sa.Column('asset_type', sa.String(length=8), nullable=False),
+    sa.Column('side', sa.String(length=4), nullable=False),
+    sa.Column('instruction', sa.String(length=24), nullable=False),
+    sa.Column('order_type', sa.String(length=12), nullable=False),
+    sa.Column('time_in_force', sa.String(length=8), nullable=False),
+    sa.Column('quantity', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('limit_price', utils.dbtypes.ExactDecimal(), nullable=True),
+    sa.Column('stop_price', utils.dbtypes.ExactDecimal(), nullable=True),
+    sa.Column('hold_price', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('hold_quantity', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('status', sa.String(length=24), nullable=False),
+    sa.Column('filled_quantity', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('filled_notional', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('fees', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('stop_triggered_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('reject_reason', sa.String(length=255), nullable=True),
+    sa.Column('replaces', sa.String(length=36), nullable=True),
+    sa.Column('replaced_by', sa.String(length=36), nullable=True),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('filled_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('canceled_at', utils.dbtypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['paper_accounts.id'], name=op.f('fk_paper_orders_account_id_paper_accounts'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_paper_orders')),
+    sa.UniqueConstraint('account_id', 'client_order_id', name=op.f('uq_paper_orders_account_id_client_order_id')),
+    sa.UniqueConstraint('public_id', name=op.f('uq_paper_orders_public_id'))
+    )
+    with op.batch_alter_table('paper_orders', schema=None) as batch_op:
+        batch_op.create_index('ix_paper_orders_status_symbol', ['status', 'symbol'], unique=False)
+
+    op.create_table('paper_positions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('account_id', sa.Integer(), nullable=False),
+    sa.Column('symbol', sa.String(length=32), nullable=False),
+    sa.Column('asset_type', sa.String(length=8), nullable=False),
+    sa.Column('quantity', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('average_price', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('created_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['paper_accounts.id'], name=op.f('fk_paper_positions_account_id_paper_accounts'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_paper_positions')),
+    sa.UniqueConstraint('account_id', 'symbol', name=op.f('uq_paper_positions_account_id_symbol'))
+    )
     op.create_table('fills',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -271,11 +415,30 @@ def upgrade():
     with op.batch_alter_table('order_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_order_events_order_id'), ['order_id'], unique=False)
 
+    op.create_table('paper_fills',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_id', sa.Integer(), nullable=False),
+    sa.Column('execution_id', sa.String(length=36), nullable=False),
+    sa.Column('quantity', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('price', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('fee', utils.dbtypes.ExactDecimal(), nullable=False),
+    sa.Column('executed_at', utils.dbtypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['order_id'], ['paper_orders.id'], name=op.f('fk_paper_fills_order_id_paper_orders'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_paper_fills')),
+    sa.UniqueConstraint('execution_id', name=op.f('uq_paper_fills_execution_id'))
+    )
+    with op.batch_alter_table('paper_fills', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_paper_fills_order_id'), ['order_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('paper_fills', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_paper_fills_order_id'))
+
+    op.drop_table('paper_fills')
     with op.batch_alter_table('order_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_order_events_order_id'))
 
@@ -284,6 +447,11 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_fills_user_id'))
 
     op.drop_table('fills')
+    op.drop_table('paper_positions')
+    with op.batch_alter_table('paper_orders', schema=None) as batch_op:
+        batch_op.drop_index('ix_paper_orders_status_symbol')
+
+    op.drop_table('paper_orders')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_user_created')
         batch_op.drop_index(batch_op.f('ix_orders_trade_id'))
@@ -294,9 +462,18 @@ def downgrade():
     op.drop_table('orders')
     with op.batch_alter_table('trades', schema=None) as batch_op:
         batch_op.drop_index('ix_trades_user_status')
+        batch_op.drop_index('ix_trades_user_id_id')
         batch_op.drop_index('ix_trades_status_symbol')
 
     op.drop_table('trades')
+    with op.batch_alter_table('paper_accounts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_paper_accounts_user_id'))
+
+    op.drop_table('paper_accounts')
+    with op.batch_alter_table('export_jobs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_export_jobs_user_id'))
+
+    op.drop_table('export_jobs')
     with op.batch_alter_table('broker_accounts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_broker_accounts_user_id'))
         batch_op.drop_index(batch_op.f('ix_broker_accounts_connection_id'))
@@ -307,11 +484,21 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_user_sessions_user_id'))
 
     op.drop_table('user_sessions')
+    with op.batch_alter_table('stored_files', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_stored_files_user_id'))
+        batch_op.drop_index(batch_op.f('ix_stored_files_expires_at'))
+
+    op.drop_table('stored_files')
+    with op.batch_alter_table('share_links', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_share_links_user_id'))
+
+    op.drop_table('share_links')
     with op.batch_alter_table('refresh_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_refresh_tokens_user_id'))
         batch_op.drop_index(batch_op.f('ix_refresh_tokens_family_id'))
 
     op.drop_table('refresh_tokens')
+    op.drop_table('market_prices')
     with op.batch_alter_table('broker_connections', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_broker_connections_user_id'))
 

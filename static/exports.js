@@ -1,0 +1,41 @@
+// /exports: a "Copy" button for a new share link, and live progress bars for running export jobs.
+// Without JS the link stays selectable in its field and a reload shows the current progress.
+(function () {
+  "use strict";
+  document.querySelectorAll("[data-copy-target]").forEach(function (button) {
+    var field = document.getElementById(button.getAttribute("data-copy-target"));
+    var status = document.querySelector("[data-copy-status]");
+    if (!field) { return; }
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var done = function () { if (status) { status.textContent = "Copied."; } };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(field.value).then(done, function () { field.select(); });
+      } else {
+        field.select();
+        try { document.execCommand("copy"); done(); } catch (e) { /* the link stays selected */ }
+      }
+    });
+  });
+
+  function poll(bar) {
+    var row = bar.closest("tr");
+    fetch(bar.getAttribute("data-job-progress-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (job) {
+        if (!job) { return; }
+        bar.max = job.rows_total || 1;
+        bar.value = job.status === "done" ? bar.max : job.rows_done;
+        bar.textContent = job.percent + "%";
+        var rows = row && row.querySelector("[data-job-rows]");
+        if (rows) { rows.textContent = job.rows_done + " / " + job.rows_total + " rows"; }
+        if (job.status === "queued" || job.status === "running") {
+          window.setTimeout(function () { poll(bar); }, 1000);
+        } else {
+          window.location.reload();
+        }
+      })
+      .catch(function () { window.setTimeout(function () { poll(bar); }, 5000); });
+  }
+  document.querySelectorAll("[data-job-progress-url]").forEach(poll);
+})();

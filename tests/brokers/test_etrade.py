@@ -1,0 +1,140 @@
+"""E*TRADE over OAuth 1.0a: request token (oob), authorize with key & token, verifier form, access token,
+renew after inactivity, midnight-ET expiry, and the preview-then-place adapter."""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from flask import g
+from sqlalchemy import select, update
+
+from models import AuditEvent, BrokerAccount, BrokerConnection
+from tests.conftest import csrf_token_from
+from tests.brokers.conftest import start_connect
+from utils import broker_links
+from utils.brokers import get_broker
+from utils.brokers.base import OrderRequest
+from utils.dbtypes import utcnow
+from utils.errors import BrokerAuthExpired, InsufficientFunds, OrderNotCancelable
+
+
+def _verifier_page(client):
+    assert start_connect(client, "etrade").headers["Location"].endswith("/brokers/etrade/verify")
+    g.pop("csrf_token", None)
+    html = client.get("/brokers/etrade/verify").get_data(as_text=True)
+    authorize = re.search(r'href="([^"]*/e/t/etws/authorize[^"]*)"', html).group(1).replace("&amp;", "&")
+    return html, authorize
+
+
+def _link(client, login, user, wrong=False):
+    login(user)
+    html, authorize = _verifier_page(client)
+    consent = requests.get(authorize, timeout=5).text
+    verifier = re.search(r'id="verifier" value="([A-Z0-9]+)"', consent).group(1)
+    return client.post("/brokers/etrade/verify", data={"csrf_token": csrf_token_from(html),
+                                                       "verifier": "WRONG1" if wrong else verifier})
+
+
+@pytest.fixture
+def etrade(client, login, user, db):
+    assert _link(client, login, user).status_code == 302
+    return get_broker(db.session.scalar(select(BrokerConnection)))
+
+
+def test_authorize_url_carries_key_and_token(client, login, user):
+    login(user)
+    _, authorize = _verifier_page(client)
+    query = parse_qs(urlsplit(authorize).query)
+    assert set(query) == {"key", "token"} and query["key"] == ["etrade-fake-consumer-key"]
+
+
+def test_full_link_stores_access_token_and_account(client, login, user, db, fake_servers):
+    response = _link(client, login, user)
+    assert response.status_code == 302
+    connection = db.session.scalar(select(BrokerConnection))
+    assert connection.broker.value == "etrade" and connection.status.value == "connected"
+    assert set(json.loads(connection.token_set)) >= {"oauth_token", "oauth_token_secret"}
+    assert connection.token_expires_at > utcnow()
+    assert db.session.scalar(select(BrokerAccount)).last4 == "4290"
+    assert "••••4290" in client.get("/brokers").get_data(as_text=True)
+
+
+def test_wrong_verifier_stores_nothing_and_is_audited(client, login, user, db):
+    response = _link(client, login, user, wrong=True)
+    assert response.status_code == 302
+    assert "did not accept that verification code" in client.get("/brokers").get_data(as_text=True)
+    assert db.session.scalar(select(BrokerConnection)) is None
+    assert db.session.scalar(select(AuditEvent).where(AuditEvent.event_type == "broker.link_failed"))
+
+
+def _order(order_type="market", quantity="10", limit=None, cid=None):
+    return OrderRequest(client_order_id=cid or uuid.uuid4().hex, symbol="AAPL", asset_type="equity", side="buy",
+                        instruction="BUY", order_type=order_type, quantity=Decimal(quantity),
+                        limit_price=Decimal(limit) if limit else None)
+
+
+def test_preview_then_place_fills_market_order_once(etrade, fakes):
+    request = _order()
+    order = etrade.place_order(request)
+    assert order.status == "filled" and order.fills[0].quantity == Decimal("10")
+    assert etrade.place_order(request).broker_order_id == order.broker_order_id  # no double
+    calls = fakes["etrade"].stats()["api_calls"]
+    assert calls["POST /v1/accounts/<key>/orders/preview.json"] == 1
+    assert calls["POST /v1/accounts/<key>/orders/place.json"] == 1
+
+
+def test_change_and_cancel(etrade):
+    order = etrade.place_order(_order("limit", "5", limit="180.00"))
+    new = etrade.replace_order(order.broker_order_id, _order("limit", "5", limit="181.00"))
+    assert new.broker_order_id != order.broker_order_id and new.status == "submitted"
+    assert etrade.get_order(order.broker_order_id).status == "cancelled"
+    assert etrade.cancel_order(new.broker_order_id).status == "cancelled"
+    with pytest.raises(OrderNotCancelable):
+        etrade.cancel_order(new.broker_order_id)
+
+
+def test_business_error_and_html_rate_limit(etrade, fakes):
+    with pytest.raises(InsufficientFunds):
+        etrade.place_order(_order(quantity="1000"))
+    fakes["etrade"].control(fail_next=[400])  # "Number of requests exceeded the rate limit set" (HTML)
+    assert etrade.get_quotes(["AAPL", "NOPE"])["AAPL"].last == Decimal("190.0")
+    assert fakes["etrade"].stats()["api_calls"]["GET /v1/market/quote/<symbols>.json"] == 2
+
+
+def test_renews_after_two_hours_idle(etrade, fakes, db):
+    connection = db.session.scalar(select(BrokerConnection))
+    token = json.loads(connection.token_set)
+    token["last_used_at"] -= 3 * 3600
+    connection.token_set = json.dumps(token)
+    db.session.commit()
+    fakes["etrade"].control(idle_seconds=3 * 3600)
+    assert etrade.get_account().equity == Decimal("60000.0")
+    assert fakes["etrade"].counter("renew") == 1
+
+
+def test_midnight_eastern_expires_the_link_with_relink_prompt(etrade, db, client):
+    db.session.execute(update(BrokerConnection).values(token_expires_at=utcnow() - timedelta(minutes=1)))
+    db.session.commit()
+    assert broker_links.keep_links_alive()["expired"] == 1
+    db.session.commit()
+    connection = db.session.scalar(select(BrokerConnection))
+    assert connection.status.value == "expired" and connection.token_set is None
+    with pytest.raises(BrokerAuthExpired):
+        get_broker(connection).get_account()
+    assert "link it again" in client.get("/brokers").get_data(as_text=True)
+
+
+def test_disconnect_revokes_access_token(etrade, client, db, fakes):
+    connection = db.session.scalar(select(BrokerConnection))
+    g.pop("csrf_token", None)
+    page = client.get("/brokers").get_data(as_text=True)
+    assert client.post(f"/brokers/{connection.id}/disconnect", data={"csrf_token": csrf_token_from(page)}).status_code == 302
+    assert fakes["etrade"].counter("revoked") == 1
+    db.session.expire_all()
+    assert db.session.get(BrokerConnection, connection.id).status.value == "revoked"

@@ -1,0 +1,106 @@
+"""Fixtures for market data and the paper broker: manual prices, a paper broker per user, order requests."""
+from __future__ import annotations
+
+import itertools
+import os
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import base_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_tasks(redis_server, tmp_path_factory):
+    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too)."""
+    scratch = tmp_path_factory.mktemp("market-worker-import")
+    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
+    saved = dict(os.environ)
+    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
+    try:
+        import worker  # noqa: F401
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def market_settings() -> dict:
+    """Extra settings for the app under test (override in a module to change fees, liquidity, …)."""
+    return {}
+
+
+@pytest.fixture
+def app_config(redis_server, database_url, tmp_path, market_settings) -> dict:
+    return base_config(redis_server.url, database_url, STORAGE_DIR=str(tmp_path / "files"), **market_settings)
+
+
+@pytest.fixture
+def set_price(app, db):
+    """set_price("AAPL", "100") sets a manual price and commits (as the CLI and admin API do)."""
+    from utils import market_data
+
+    def setter(symbol: str, price: str) -> None:
+        market_data.set_manual_price(symbol, price)
+        db.session.commit()
+
+    return setter
+
+
+@pytest.fixture
+def make_broker(app, db):
+    """make_broker(user) → a PaperBroker on the user's (new, committed) paper connection."""
+    from utils.brokers import get_broker
+    from utils.brokers.paper import ensure_paper_connection
+
+    def factory(owner):
+        connection = ensure_paper_connection(owner)
+        db.session.commit()
+        return get_broker(connection)
+
+    return factory
+
+
+@pytest.fixture
+def broker(make_broker, user):
+    return make_broker(user)
+
+
+_ids = itertools.count(1)
+
+
+def order_request(symbol="AAPL", side="buy", quantity="10", order_type="market", **fields):
+    """An OrderRequest with a fresh client_order_id; prices and quantity given as strings."""
+    from utils.brokers.base import OrderRequest
+    from utils.market_data import asset_type_of
+    for name in ("limit_price", "stop_price"):
+        if fields.get(name) is not None:
+            fields[name] = Decimal(fields[name])
+    fields.setdefault("client_order_id", f"cid-{next(_ids)}")
+    fields.setdefault("instruction", side.upper())
+    fields.setdefault("asset_type", asset_type_of(symbol))
+    return OrderRequest(symbol=symbol, side=side, quantity=Decimal(quantity), order_type=order_type, **fields)
+
+
+@pytest.fixture
+def match(app, db):
+    """match(symbols=None) runs one matching pass (what market.tick does after moving prices) and commits."""
+    from utils.brokers import paper
+
+    def run(symbols=None) -> int:
+        fills = paper.match_resting_orders(symbols)
+        db.session.commit()
+        return fills
+
+    return run
+
+
+@pytest.fixture
+def user(make_user):
+    """The trading user (example.com: every email validator accepts it)."""
+    return make_user(email="paper-trader@example.com")
+
+
+@pytest.fixture
+def other_user(make_user):
+    return make_user(email="other-trader@example.com")

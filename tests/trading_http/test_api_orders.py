@@ -1,0 +1,157 @@
+"""The orders JSON API: place (idempotent), list with a cursor, read, cancel, replace, errors, scoping."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from tests.trading_http.conftest import market_buy, wait_for_order
+
+
+def test_market_order_via_api_is_filled_by_the_worker(api, set_price, celery_worker):
+    set_price("AAPL", "100")
+    response = api.post("/orders", json=market_buy("AAPL", "10"))
+    assert response.status_code == 202, response.get_json()
+    order = response.get_json()
+    assert order["status"] in {"pending", "submitting", "submitted", "filled"}
+    assert response.headers["Location"] == f"/api/v1/orders/{order['id']}"
+
+    filled = wait_for_order(api, order["id"], {"filled", "rejected", "failed"})
+    assert filled["status"] == "filled"
+    assert filled["filled_quantity"] == "10"
+    assert filled["fills"] and sum(float(fill["quantity"]) for fill in filled["fills"]) == 10
+    assert [event["to_status"] for event in filled["events"]][-1] == "filled"
+
+
+def test_limit_order_rests_then_fills_when_the_manual_price_crosses(api, set_price, celery_worker):
+    set_price("MSFT", "200")
+    order = api.post("/orders", json={**market_buy("MSFT", "5"), "type": "limit", "limit_price": "190"}).get_json()
+    resting = wait_for_order(api, order["id"], {"submitted", "filled", "rejected", "failed"})
+    assert resting["status"] == "submitted"
+    assert resting["filled_quantity"] == "0"
+
+    set_price("MSFT", "189")
+    filled = wait_for_order(api, order["id"], {"filled"}, sync=True)
+    assert filled["filled_quantity"] == "5"
+    assert float(filled["average_fill_price"]) <= 190
+
+
+def test_same_client_order_id_twice_gives_one_order(api, db, set_price):
+    from models import Order
+    set_price("AAPL", "100")
+    body = market_buy("AAPL", "1", client_order_id="my-key-1")
+    first = api.post("/orders", json=body)
+    second = api.post("/orders", json=body)
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.get_json()["id"] == second.get_json()["id"]
+    assert second.get_json()["client_order_id"] == "my-key-1"
+    assert db.session.scalar(select(func.count(Order.id)).where(Order.client_order_id == "my-key-1")) == 1
+
+
+def test_list_orders_pages_with_next_cursor(api, set_price):
+    set_price("AAPL", "100")
+    ids = [api.post("/orders", json=market_buy("AAPL", "1")).get_json()["id"] for _ in range(3)]
+    first = api.get("/orders?limit=2").get_json()
+    assert [order["id"] for order in first["items"]] == ids[::-1][:2]
+    assert first["next_cursor"]
+    second = api.get(f"/orders?limit=2&cursor={first['next_cursor']}").get_json()
+    assert [order["id"] for order in second["items"]] == [ids[0]]
+    assert second["next_cursor"] is None
+    assert api.get("/orders?status=filled").get_json()["items"] == []
+
+
+def test_cancel_a_pending_order_then_cancel_again_is_409(api, set_price):
+    set_price("AAPL", "100")
+    order = api.post("/orders", json=market_buy("AAPL", "1")).get_json()  # no worker: it stays pending
+    cancelled = api.delete(f"/orders/{order['id']}")
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    again = api.delete(f"/orders/{order['id']}")
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "order.not_cancelable"
+
+
+def test_cancel_a_resting_order_at_the_broker(api, set_price, celery_worker):
+    set_price("AAPL", "100")
+    order = api.post("/orders", json={**market_buy("AAPL", "2"), "type": "limit", "limit_price": "50"}).get_json()
+    wait_for_order(api, order["id"], {"submitted"})
+    response = api.delete(f"/orders/{order['id']}")
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "pending_cancel"
+    assert wait_for_order(api, order["id"], {"cancelled"}, sync=True)["filled_quantity"] == "0"
+
+
+def test_replace_returns_a_new_order_pointing_back(api, set_price):
+    set_price("AAPL", "100")
+    old = api.post("/orders", json={**market_buy("AAPL", "2"), "type": "limit", "limit_price": "90"}).get_json()
+    response = api.patch(f"/orders/{old['id']}", json={"limit_price": "95", "quantity": "3"})
+    assert response.status_code == 202, response.get_json()
+    new = response.get_json()
+    assert new["id"] != old["id"] and new["replaces_order_id"] == old["id"]
+    assert (new["limit_price"], new["quantity"]) == ("95", "3")
+    assert api.get(f"/orders/{old['id']}").get_json()["status"] == "replaced"
+
+
+def test_replace_at_the_broker_with_the_worker(api, set_price, celery_worker):
+    set_price("AAPL", "100")
+    old = api.post("/orders", json={**market_buy("AAPL", "2"), "type": "limit", "limit_price": "80"}).get_json()
+    wait_for_order(api, old["id"], {"submitted"})
+    new = api.patch(f"/orders/{old['id']}", json={"limit_price": "101"}).get_json()
+    assert wait_for_order(api, new["id"], {"filled"}, sync=True)["replaces_order_id"] == old["id"]
+    assert wait_for_order(api, old["id"], {"replaced"}, sync=True)["filled_quantity"] == "0"
+
+
+def test_another_users_order_is_404(api, api_client_for, new_user, set_price):
+    set_price("AAPL", "100")
+    order = api.post("/orders", json=market_buy("AAPL", "1")).get_json()
+    stranger = api_client_for(new_user())
+    assert stranger.get(f"/orders/{order['id']}").status_code == 404
+    assert stranger.delete(f"/orders/{order['id']}").status_code == 404
+    assert stranger.patch(f"/orders/{order['id']}", json={"quantity": "2"}).status_code == 404
+    assert stranger.get("/orders").get_json()["items"] == []
+    assert api.get(f"/orders/{order['id']}").get_json()["status"] == "pending"
+
+
+def test_risk_denial_is_422_with_its_code_and_numbers(api, set_price):
+    set_price("AAPL", "100")
+    assert api.put("/settings/risk", json={"max_concentration_pct": "1"}).status_code == 200
+    response = api.post("/orders", json=market_buy("AAPL", "20", stop_loss_price="99"))
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "risk.concentration"
+    assert {"exposure_after", "limit", "equity"} <= set(error["details"])
+    assert api.get("/orders").get_json()["items"] == []
+
+
+def test_malformed_bodies_are_400_or_422_never_500(api, set_price):
+    set_price("AAPL", "100")
+    cases = [
+        ({"data": "{not json", "content_type": "application/json"}, 400),
+        ({"data": "symbol=AAPL", "content_type": "application/x-www-form-urlencoded"}, 400),
+        ({"json": ["AAPL"]}, 400),
+        ({"json": {"side": "buy", "quantity": "1", "type": "market"}}, 422),
+        ({"json": market_buy("AAPL", "many")}, 422),
+        ({"json": market_buy("AAPL", "-5")}, 422),
+        ({"json": {**market_buy("AAPL", "1"), "quantity": True}}, 422),
+        ({"json": {**market_buy("AAPL", "1"), "type": "limit"}}, 422),
+        ({"json": {**market_buy("AAPL", "1"), "side": 7}}, 422),
+        ({"json": {**market_buy("AAPL", "1"), "surprise": 1}}, 422),
+    ]
+    for kwargs, status in cases:
+        response = api.post("/orders", **kwargs)
+        assert response.status_code == status, (kwargs, response.get_json())
+        assert set(response.get_json()["error"]) == {"code", "message", "details"}
+    assert api.patch("/orders/1", data="nope", content_type="application/json").status_code in (400, 404)
+
+
+def test_bad_query_and_path_parameters_are_rejected(api):
+    for query in ("limit=0", "limit=abc", "limit=%C2%B2", "cursor=abc", "cursor=%C2%B2", "status=bogus"):
+        response = api.get(f"/orders?{query}")
+        assert response.status_code == 422, query
+    assert api.get("/orders/abc").status_code == 404
+    assert api.get("/orders/0").status_code == 404
+    assert api.get(f"/orders/{2**70}").status_code == 404
+
+
+def test_orders_api_requires_a_bearer_credential(client):
+    response = client.get("/api/v1/orders")
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"]

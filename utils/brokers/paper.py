@@ -1,0 +1,523 @@
+"""The built-in paper broker, modelled on Alpaca paper trading (reference/brokers.md §4).
+
+State lives in the database (models section "paper broker state"), so it survives restarts:
+`PaperAccount` (cash), `PaperOrder` (client_order_id unique per account), `PaperFill`, `PaperPosition`.
+
+- Market orders fill at the ask (buy) / bid (sell), moved against the taker by `PAPER_SLIPPAGE_BPS`.
+- Limit orders fill at the better of their limit and the market; stops trigger when the market
+  reaches the stop and fill at the worse of stop and market (gap-aware); stop-limits become limits.
+- At most `PAPER_LIQUIDITY_PER_TICK` units fill per order per matching pass (partial fills over ticks).
+- Fees: `PAPER_FEE_PER_ORDER` on an order's first fill plus `PAPER_FEE_PER_UNIT` per unit filled.
+- Options are priced per share and settle ×100; crypto allows fractions.
+- `day` orders expire at the first matching pass after midnight UTC; `gtc` orders rest until done.
+
+Concurrency: every state change first bumps the account's `version` with an UPDATE. That statement
+is a portable row lock (PostgreSQL locks the row, SQLite the database) held until the caller
+commits, and each fill is also a conditional UPDATE on the order's `version`: two matchers running
+at once can never fill the same order twice.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from datetime import datetime, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+from sqlalchemy import select, update
+
+from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, ConnectionStatus, PaperAccount,
+                    PaperFill, PaperOrder, PaperPosition)
+from utils import market_data
+from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
+from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
+from utils.extensions import db
+from utils.market_data import Quote, setting
+
+log = logging.getLogger("tradewarden.paper")
+
+OPEN_STATUSES = ("submitted", "partially_filled")
+ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
+TIME_IN_FORCE = ("day", "gtc")
+BUY_INSTRUCTIONS = {"BUY", "BUY_TO_OPEN", "BUY_TO_CLOSE", "BUY_TO_COVER"}
+SELL_INSTRUCTIONS = {"SELL", "SELL_SHORT", "SELL_TO_OPEN", "SELL_TO_CLOSE"}
+QUANTITY_PLACES = 9
+AVERAGE_PLACES = Decimal("0.0000000001")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- connection and account ----------------------------------------------------------------------
+
+def starting_cash() -> Decimal:
+    return setting("PAPER_STARTING_CASH", Decimal("100000"))
+
+
+def ensure_paper_connection(user) -> BrokerConnection:
+    """The user's paper BrokerConnection, creating it with a BrokerAccount ("PAPER-…") and a
+    PaperAccount holding PAPER_STARTING_CASH when missing (idempotent; flushes, never commits)."""
+    connection = db.session.execute(
+        select(BrokerConnection).where(BrokerConnection.user_id == user.id,
+                                       BrokerConnection.broker == BrokerName.PAPER)
+        .order_by(BrokerConnection.id)).scalars().first()
+    if connection is None:
+        connection = BrokerConnection(user_id=user.id, broker=BrokerName.PAPER, status=ConnectionStatus.CONNECTED)
+        db.session.add(connection)
+        db.session.flush()
+        number = f"PAPER-{secrets.randbelow(10**10):010d}"
+        db.session.add(BrokerAccount(user_id=user.id, connection_id=connection.id, account_number=number,
+                                     last4=number[-4:], name="Paper account", account_type="paper"))
+    _account_for(connection)
+    db.session.flush()
+    return connection
+
+
+def _account_for(connection: BrokerConnection) -> PaperAccount:
+    account = db.session.execute(
+        select(PaperAccount).where(PaperAccount.connection_id == connection.id)).scalar_one_or_none()
+    if account is None:
+        account = PaperAccount(user_id=connection.user_id, connection_id=connection.id, cash=starting_cash())
+        db.session.add(account)
+        db.session.flush()
+    return account
+
+
+def _lock_account(account_id: int) -> PaperAccount:
+    """Take the account's write lock (held until commit) and return its fresh row."""
+    db.session.execute(update(PaperAccount).where(PaperAccount.id == account_id)
+                       .values(version=PaperAccount.version + 1).execution_options(synchronize_session=False))
+    return db.session.execute(select(PaperAccount).where(PaperAccount.id == account_id)
+                              .execution_options(populate_existing=True)).scalar_one()
+
+
+# --- pricing rules -------------------------------------------------------------------------------
+
+def _slipped(quote: Quote, side: str) -> Decimal:
+    """The taker's market price: ask (buy) or bid (sell), moved against the taker by PAPER_SLIPPAGE_BPS."""
+    slip = Decimal(setting("PAPER_SLIPPAGE_BPS", 0)) / Decimal(10000)
+    if side == "buy":
+        return market_data.round_price(quote.ask * (1 + slip), ROUND_CEILING)
+    return market_data.round_price(quote.bid * (1 - slip), ROUND_FLOOR)
+
+
+def _stop_reached(order: PaperOrder, quote: Quote) -> bool:
+    return quote.ask >= order.stop_price if order.side == "buy" else quote.bid <= order.stop_price
+
+
+def _limit_price_now(order: PaperOrder, quote: Quote) -> Decimal | None:
+    """A limit's fill price, the better of limit and market, or None while the market is away."""
+    if order.side == "buy":
+        return min(order.limit_price, _slipped(quote, "buy")) if quote.ask <= order.limit_price else None
+    return max(order.limit_price, _slipped(quote, "sell")) if quote.bid >= order.limit_price else None
+
+
+def execution_price(order: PaperOrder, quote: Quote) -> tuple[Decimal | None, bool]:
+    """(fill price or None, whether the stop triggers now) for an open order at this quote."""
+    triggers = order.order_type in ("stop", "stop_limit") and order.stop_triggered_at is None \
+        and _stop_reached(order, quote)
+    if order.order_type in ("stop", "stop_limit") and order.stop_triggered_at is None and not triggers:
+        return None, False
+    if order.order_type in ("limit", "stop_limit"):
+        return _limit_price_now(order, quote), triggers
+    market = _slipped(quote, order.side)
+    if triggers:  # gap-aware: the worse of the stop and the market
+        market = max(order.stop_price, market) if order.side == "buy" else min(order.stop_price, market)
+    return market, triggers
+
+
+def _reference_price(request: OrderRequest, quote: Quote) -> Decimal:
+    """The unit price reserved against buying power while the order is open."""
+    market = _slipped(quote, request.side)
+    if request.order_type in ("limit", "stop_limit"):
+        return request.limit_price
+    if request.order_type == "stop":
+        return max(request.stop_price, market) if request.side == "buy" else request.stop_price
+    return market
+
+
+def _fee(order: PaperOrder, quantity: Decimal) -> Decimal:
+    per_order = setting("PAPER_FEE_PER_ORDER", Decimal("0")) if order.filled_quantity == 0 else Decimal(0)
+    return per_order + setting("PAPER_FEE_PER_UNIT", Decimal("0")) * quantity
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+def _reject(message: str, **details) -> BrokerRejected:
+    return BrokerRejected(message, details=details)
+
+
+def validate_request(request: OrderRequest) -> str:
+    """The canonical symbol of a well-formed request; raises BrokerRejected / InvalidSymbol."""
+    symbol = market_data.canonical_symbol(request.symbol)
+    asset_type = market_data.asset_type_of(symbol)
+    if request.asset_type and request.asset_type != asset_type:
+        raise InvalidSymbol(f"{symbol} is not a {request.asset_type} symbol.", details={"symbol": symbol})
+    _validate_quantity(request.quantity, asset_type)
+    _validate_kind(request)
+    _validate_prices(request)
+    return symbol
+
+
+def _validate_quantity(quantity, asset_type: str) -> None:
+    if not isinstance(quantity, Decimal) or not quantity.is_finite() or quantity <= 0:
+        raise _reject("Quantity must be positive.", field="quantity")
+    if quantity.as_tuple().exponent < -QUANTITY_PLACES:
+        raise _reject(f"Quantity has more than {QUANTITY_PLACES} decimal places.", field="quantity")
+    if asset_type == market_data.OPTION and quantity != quantity.to_integral_value():
+        raise _reject("Options trade in whole contracts.", field="quantity")
+
+
+def _validate_kind(request: OrderRequest) -> None:
+    if request.side not in ("buy", "sell"):
+        raise _reject("side must be buy or sell.", field="side")
+    instructions = BUY_INSTRUCTIONS if request.side == "buy" else SELL_INSTRUCTIONS
+    if request.instruction and request.instruction.upper() not in instructions:
+        raise _reject(f"Instruction {request.instruction} does not match side {request.side}.", field="instruction")
+    if request.order_type not in ORDER_TYPES:
+        raise _reject("Unknown order type.", field="order_type")
+    if request.time_in_force not in TIME_IN_FORCE:
+        raise _reject("time_in_force must be day or gtc.", field="time_in_force")
+
+
+def _validate_prices(request: OrderRequest) -> None:
+    needs = {"limit": ("limit_price",), "stop": ("stop_price",), "stop_limit": ("limit_price", "stop_price")}
+    for name in needs.get(request.order_type, ()):
+        price = getattr(request, name)
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise _reject(f"A {request.order_type} order needs a positive {name}.", field=name)
+
+
+# --- the broker ----------------------------------------------------------------------------------
+
+class PaperBroker(Broker):
+    """The simulated broker account behind one paper BrokerConnection."""
+
+    supports_stop_orders = True
+
+    def __init__(self, connection: BrokerConnection):
+        self.connection = connection
+        self.account_id = _account_for(connection).id
+
+    # orders -------------------------------------------------------------------------------------
+
+    def place_order(self, request: OrderRequest) -> BrokerOrder:
+        """Accept an order (filling it at once when marketable); the same client_order_id returns the
+        existing order. Raises BrokerRejected, InvalidSymbol, InsufficientFunds."""
+        existing = self._by_client_id(request.client_order_id)
+        if existing is not None:
+            return to_broker_order(existing)
+        symbol = validate_request(request)
+        quote = self._quote(symbol)
+        account = _lock_account(self.account_id)
+        existing = self._by_client_id(request.client_order_id)  # a racing twice-sent request
+        if existing is not None:
+            return to_broker_order(existing)
+        order = self._accept(account, request, symbol, quote)
+        _match_order(account, order, quote)
+        return to_broker_order(order)
+
+    def get_order(self, broker_order_id: str) -> BrokerOrder:
+        """The order with its fills; raises OrderNotFound."""
+        return to_broker_order(self._order(broker_order_id))
+
+    def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """The order sent with this client_order_id, or None."""
+        order = self._by_client_id(client_order_id)
+        return to_broker_order(order) if order else None
+
+    def cancel_order(self, broker_order_id: str) -> BrokerOrder:
+        """Cancel the open remainder at once (idempotent for a cancelled order); raises
+        OrderNotFound, OrderNotCancelable when it is filled, replaced, rejected or expired."""
+        _lock_account(self.account_id)
+        order = self._order(broker_order_id)
+        if order.status in OPEN_STATUSES:
+            order.status, order.canceled_at, order.version = "cancelled", utcnow(), order.version + 1
+            db.session.flush()
+        elif order.status != "cancelled":
+            raise OrderNotCancelable(details={"status": order.status})
+        return to_broker_order(order)
+
+    def replace_order(self, broker_order_id: str, request: OrderRequest) -> BrokerOrder:
+        """Alpaca-style replace: a new order (new id, `replaces` = old) and the old one `replaced`
+        with `replaced_by` set. Idempotent for the same new client_order_id. Raises OrderNotFound,
+        OrderNotCancelable (old order no longer open), BrokerRejected, InsufficientFunds."""
+        existing = self._by_client_id(request.client_order_id)
+        if existing is not None and existing.replaces == broker_order_id:
+            return to_broker_order(existing)
+        if existing is not None:
+            raise _reject("client_order_id is already used by another order.", field="client_order_id")
+        symbol = validate_request(request)
+        quote = self._quote(symbol)
+        account = _lock_account(self.account_id)
+        old = self._order(broker_order_id)
+        self._check_replaceable(old, request, symbol)
+        order = self._accept(account, request, symbol, quote, replacing=old)
+        old.status, old.replaced_by, old.version = "replaced", order.public_id, old.version + 1
+        db.session.flush()
+        _match_order(account, order, quote)
+        return to_broker_order(order)
+
+    # market data and account --------------------------------------------------------------------
+
+    def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """Quotes from utils.market_data (cached, one batched read)."""
+        return market_data.get_quotes(symbols)
+
+    def get_account(self) -> AccountSnapshot:
+        """Cash, buying power (cash − open holds − 2× short value) and equity (cash + positions at market)."""
+        account = db.session.get(PaperAccount, self.account_id, populate_existing=True)
+        positions = _positions(self.account_id)
+        quotes = market_data.get_quotes([position.symbol for position in positions])
+        equity = account.cash + sum((_market_value(p, quotes.get(p.symbol)) for p in positions), Decimal(0))
+        return AccountSnapshot(cash=account.cash, buying_power=_buying_power(account, positions, quotes),
+                               equity=equity, currency=account.currency)
+
+    def get_positions(self) -> list[Position]:
+        """Open positions (signed quantity) priced at the last quote."""
+        positions = _positions(self.account_id)
+        quotes = market_data.get_quotes([position.symbol for position in positions])
+        return [_to_position(position, quotes.get(position.symbol)) for position in positions]
+
+    # internals ----------------------------------------------------------------------------------
+
+    def _quote(self, symbol: str) -> Quote:
+        quote = market_data.get_quotes([symbol]).get(symbol)
+        if quote is None:
+            raise InvalidSymbol(f"No price is available for {symbol}.", details={"symbol": symbol})
+        return quote
+
+    def _by_client_id(self, client_order_id: str) -> PaperOrder | None:
+        return db.session.execute(
+            select(PaperOrder).where(PaperOrder.account_id == self.account_id,
+                                     PaperOrder.client_order_id == client_order_id)
+            .execution_options(populate_existing=True)).scalar_one_or_none()
+
+    def _order(self, broker_order_id: str) -> PaperOrder:
+        statement = select(PaperOrder).where(PaperOrder.account_id == self.account_id,
+                                             PaperOrder.public_id == str(broker_order_id)[:36])
+        order = db.session.execute(statement.execution_options(populate_existing=True)).scalar_one_or_none()
+        if order is None:
+            raise OrderNotFound(details={"broker_order_id": str(broker_order_id)[:64]})
+        return order
+
+    def _check_replaceable(self, old: PaperOrder, request: OrderRequest, symbol: str) -> None:
+        if old.status not in OPEN_STATUSES:
+            raise OrderNotCancelable("Only an open order can be replaced.", details={"status": old.status})
+        if old.symbol != symbol or old.side != request.side:
+            raise _reject("A replacement must keep the symbol and side.", field="symbol")
+
+    def _accept(self, account: PaperAccount, request: OrderRequest, symbol: str, quote: Quote,
+                replacing: PaperOrder | None = None) -> PaperOrder:
+        """Insert a validated order after the position and buying-power checks (`replacing`'s own
+        hold and open quantity count as free). Raises BrokerRejected, InsufficientFunds."""
+        asset_type = market_data.asset_type_of(symbol)
+        positions = _positions(account.id)
+        hold_quantity = _hold_quantity(account.id, request, symbol, asset_type, positions, replacing)
+        order = PaperOrder(
+            public_id=str(uuid.uuid4()), account_id=account.id, client_order_id=request.client_order_id,
+            symbol=symbol, asset_type=asset_type, side=request.side,
+            instruction=(request.instruction or request.side).upper(), order_type=request.order_type,
+            time_in_force=request.time_in_force, quantity=request.quantity, limit_price=request.limit_price,
+            stop_price=request.stop_price, hold_quantity=hold_quantity,
+            hold_price=_reference_price(request, quote), status="submitted", version=0,
+            filled_quantity=Decimal(0), filled_notional=Decimal(0), fees=Decimal(0),
+            replaces=replacing.public_id if replacing else None)
+        _check_buying_power(account, order, positions, replacing)
+        db.session.add(order)
+        db.session.flush()
+        return order
+
+
+def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_type: str,
+                   positions: list[PaperPosition], replacing: PaperOrder | None) -> Decimal:
+    """Units that need buying power: all of a buy; the part of a sell beyond the long position (a short)."""
+    if request.side == "buy":
+        return request.quantity
+    held = next((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
+    freed = replacing.quantity - replacing.filled_quantity if replacing is not None else Decimal(0)
+    available = held - _open_sell_quantity(account_id, symbol) + freed
+    excess = request.quantity - max(available, Decimal(0))
+    if excess > 0 and asset_type == market_data.CRYPTO:
+        raise _reject("Crypto cannot be sold short: the position is too small.", available=str(max(available, 0)))
+    return max(excess, Decimal(0))
+
+
+def _open_sell_quantity(account_id: int, symbol: str) -> Decimal:
+    orders = _open_orders(account_id, symbol=symbol)
+    return sum((o.quantity - o.filled_quantity for o in orders if o.side == "sell"), Decimal(0))
+
+
+def _check_buying_power(account: PaperAccount, order: PaperOrder, positions: list[PaperPosition],
+                        replacing: PaperOrder | None) -> None:
+    if order.hold_quantity <= 0:
+        return
+    quotes = market_data.get_quotes([p.symbol for p in positions if p.quantity < 0])
+    available = _buying_power(account, positions, quotes) + (_hold_of(replacing) if replacing else 0)
+    needed = _hold_of(order) + _fee(order, order.quantity)
+    if needed > available:
+        raise InsufficientFunds(details={"buying_power": str(available), "cost": str(needed)})
+
+
+def _hold_of(order: PaperOrder) -> Decimal:
+    remaining = order.quantity - order.filled_quantity
+    units = min(order.hold_quantity, remaining)
+    return units * order.hold_price * market_data.multiplier_for(order.asset_type)
+
+
+def _buying_power(account: PaperAccount, positions: list[PaperPosition], quotes: dict[str, Quote]) -> Decimal:
+    holds = sum((_hold_of(order) for order in _open_orders(account.id)), Decimal(0))
+    shorts = sum((-_market_value(p, quotes.get(p.symbol)) for p in positions if p.quantity < 0), Decimal(0))
+    return account.cash - holds - 2 * shorts
+
+
+def _open_orders(account_id: int | None = None, symbol: str | None = None,
+                 symbols: list[str] | None = None) -> list[PaperOrder]:
+    statement = select(PaperOrder).where(PaperOrder.status.in_(OPEN_STATUSES))
+    if account_id is not None:
+        statement = statement.where(PaperOrder.account_id == account_id)
+    if symbol is not None:
+        statement = statement.where(PaperOrder.symbol == symbol)
+    if symbols is not None:
+        statement = statement.where(PaperOrder.symbol.in_(symbols))
+    return list(db.session.execute(statement.order_by(PaperOrder.id)
+                                   .execution_options(populate_existing=True)).scalars())
+
+
+def _positions(account_id: int) -> list[PaperPosition]:
+    return list(db.session.execute(
+        select(PaperPosition).where(PaperPosition.account_id == account_id).order_by(PaperPosition.symbol)
+        .execution_options(populate_existing=True)).scalars())
+
+
+def _market_value(position: PaperPosition, quote: Quote | None) -> Decimal:
+    price = quote.last if quote else position.average_price
+    return position.quantity * price * market_data.multiplier_for(position.asset_type)
+
+
+def _to_position(position: PaperPosition, quote: Quote | None) -> Position:
+    multiplier = market_data.multiplier_for(position.asset_type)
+    market_price = quote.last if quote else None
+    extra = {"multiplier": str(multiplier)}
+    if market_price is not None:
+        extra["market_value"] = str(position.quantity * market_price * multiplier)
+        extra["unrealized_pl"] = str(position.quantity * (market_price - position.average_price) * multiplier)
+    return Position(symbol=position.symbol, asset_type=position.asset_type, quantity=position.quantity,
+                    average_price=position.average_price, market_price=market_price, extra=extra)
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+def _liquidity() -> Decimal:
+    return setting("PAPER_LIQUIDITY_PER_TICK", Decimal("1000000"))
+
+
+def _match_order(account: PaperAccount, order: PaperOrder, quote: Quote | None) -> PaperFill | None:
+    """Fill what the market allows of one open order now (the account lock is held). Returns the fill."""
+    if order.status not in OPEN_STATUSES:
+        return None
+    if _day_is_over(order):
+        _claim(order, status="expired")
+        return None
+    if quote is None:
+        return None
+    price, triggers = execution_price(order, quote)
+    if price is None:
+        if triggers:  # a stop-limit whose stop was reached becomes a resting limit
+            _claim(order, stop_triggered_at=utcnow())
+        return None
+    quantity = min(order.quantity - order.filled_quantity, _liquidity())
+    return _fill(account, order, quantity, price, triggered=triggers)
+
+
+def _day_is_over(order: PaperOrder) -> bool:
+    """A `day` order expires at the first matching pass after midnight UTC following its placement."""
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    return order.time_in_force == "day" and order.created_at < today
+
+
+def _claim(order: PaperOrder, **values) -> bool:
+    """Write `values` only if nobody changed the order since we read it (version check)."""
+    result = db.session.execute(
+        update(PaperOrder).where(PaperOrder.id == order.id, PaperOrder.version == order.version,
+                                 PaperOrder.status.in_(OPEN_STATUSES))
+        .values(version=order.version + 1, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False))
+    db.session.expire(order)
+    return result.rowcount == 1
+
+
+def _fill(account: PaperAccount, order: PaperOrder, quantity: Decimal, price: Decimal,
+          triggered: bool) -> PaperFill | None:
+    now, fee = utcnow(), _fee(order, quantity)
+    filled = order.filled_quantity + quantity
+    values = {"filled_quantity": filled, "filled_notional": order.filled_notional + quantity * price,
+              "fees": order.fees + fee, "status": "filled" if filled >= order.quantity else "partially_filled"}
+    if filled >= order.quantity:
+        values["filled_at"] = now
+    if triggered:
+        values["stop_triggered_at"] = now
+    order_id, side, symbol, asset_type = order.id, order.side, order.symbol, order.asset_type
+    if not _claim(order, **values):
+        log.info("paper order %s changed under us; not filling", order_id)
+        return None
+    fill = PaperFill(order_id=order_id, execution_id=str(uuid.uuid4()), quantity=quantity, price=price,
+                     fee=fee, executed_at=now)
+    db.session.add(fill)
+    notional = quantity * price * market_data.multiplier_for(asset_type)
+    account.cash = account.cash - notional - fee if side == "buy" else account.cash + notional - fee
+    _apply_to_position(account.id, symbol, asset_type, quantity if side == "buy" else -quantity, price)
+    db.session.flush()
+    return fill
+
+
+def _apply_to_position(account_id: int, symbol: str, asset_type: str, signed: Decimal, price: Decimal) -> None:
+    position = db.session.execute(select(PaperPosition).where(
+        PaperPosition.account_id == account_id, PaperPosition.symbol == symbol)).scalar_one_or_none()
+    if position is None:
+        db.session.add(PaperPosition(account_id=account_id, symbol=symbol, asset_type=asset_type,
+                                     quantity=signed, average_price=price))
+        return
+    old, new = position.quantity, position.quantity + signed
+    if new == 0:
+        db.session.delete(position)
+        return
+    if old == 0 or (old > 0) == (signed > 0):  # growing: weighted average
+        position.average_price = ((abs(old) * position.average_price + abs(signed) * price) / abs(new)) \
+            .quantize(AVERAGE_PLACES)
+    elif (old > 0) != (new > 0):  # flipped through zero: the rest opens at this price
+        position.average_price = price
+    position.quantity = new
+
+
+def match_resting_orders(symbols: list[str] | None = None) -> int:
+    """Fill what the current (uncached) prices allow of every open paper order, optionally only for
+    `symbols`; locks each account in id order; flushes. Returns the number of fills."""
+    wanted = None if symbols is None else [market_data.canonical_symbol(s) for s in symbols]
+    candidates = _open_orders(symbols=wanted)
+    if not candidates:
+        return 0
+    quotes = market_data.get_quotes(sorted({order.symbol for order in candidates}), fresh=True)
+    fills = 0
+    for account_id in sorted({order.account_id for order in candidates}):
+        account = _lock_account(account_id)
+        for order in _open_orders(account_id, symbols=wanted):
+            fills += _match_order(account, order, quotes.get(order.symbol)) is not None
+    return fills
+
+
+# --- the wire shape ------------------------------------------------------------------------------
+
+def to_broker_order(order: PaperOrder) -> BrokerOrder:
+    """The interface's view of a paper order, with every fill so far."""
+    fills = db.session.execute(select(PaperFill).where(PaperFill.order_id == order.id)
+                               .order_by(PaperFill.id)).scalars()
+    average = (order.filled_notional / order.filled_quantity).quantize(AVERAGE_PLACES) \
+        if order.filled_quantity else None
+    return BrokerOrder(
+        broker_order_id=order.public_id, client_order_id=order.client_order_id, status=order.status,
+        symbol=order.symbol, quantity=order.quantity, filled_quantity=order.filled_quantity,
+        average_fill_price=average, reject_reason=order.reject_reason, replaced_by=order.replaced_by,
+        fills=tuple(BrokerFill(execution_id=f.execution_id, quantity=f.quantity, price=f.price, fee=f.fee,
+                               executed_at=f.executed_at) for f in fills))

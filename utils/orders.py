@@ -1,0 +1,843 @@
+"""Orders (issue 4 item 5): place, execute through the broker, record fills, cancel, replace, sync, recover.
+
+Flow: `place_order` validates, takes the per-user lock, runs the risk checks, inserts `Order(pending)`
+and commits — **inside the lock**, so the lock spans check + insert + commit (the one service that
+commits itself; see its docstring). The worker's `orders.execute` claims `pending → submitting` with
+one conditional UPDATE, calls the broker with the `client_order_id`, then records `submitted` and any
+fills. Every status change is one conditional UPDATE plus an `OrderEvent` (DESIGN §5); a change from
+an unexpected state raises `InvalidTransition` and writes nothing. Fill totals are written with an
+optimistic check on the previous total, so two recorders can never both add the same quantity.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+import redis as redis_lib
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
+
+from models import (AssetType, BrokerConnection, ConnectionStatus, Fill, Order, OrderEvent, OrderPurpose,
+                    OrderSide, OrderStatus, OrderType, TimeInForce)
+from utils import jobs, market_data, risk, trades
+from utils.brokers.base import BrokerOrder, OrderRequest
+from utils.dbtypes import utcnow
+from utils.errors import (BrokerAuthExpired, BrokerRejected, Conflict, InvalidSymbol, InvalidTransition, NotFound,
+                          OrderNotCancelable, OrderNotFound, ValidationFailed)
+from utils.extensions import db
+
+log = logging.getLogger("tradewarden.orders")
+
+S = OrderStatus
+TRANSITIONS: dict[OrderStatus, set[OrderStatus]] = {
+    S.PENDING: {S.SUBMITTING, S.CANCELLED, S.REPLACED, S.REJECTED, S.FAILED},
+    S.SUBMITTING: {S.SUBMITTED, S.REJECTED, S.FAILED},
+    S.SUBMITTED: {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELLED, S.REPLACED, S.EXPIRED, S.REJECTED},
+    S.PARTIALLY_FILLED: {S.FILLED, S.PENDING_CANCEL, S.CANCELLED, S.REPLACED, S.EXPIRED},
+    S.PENDING_CANCEL: {S.CANCELLED, S.FILLED, S.EXPIRED, S.REPLACED},
+}
+OPEN_AT_BROKER = (S.SUBMITTED, S.PARTIALLY_FILLED, S.PENDING_CANCEL)
+TERMINAL = (S.FILLED, S.CANCELLED, S.REJECTED, S.FAILED, S.REPLACED, S.EXPIRED)
+
+ENTRY_INSTRUCTIONS = {"BUY": "long", "BUY_TO_OPEN": "long", "SELL_SHORT": "short", "SELL_TO_OPEN": "short"}
+EXIT_INSTRUCTIONS = {"SELL": "long", "SELL_TO_CLOSE": "long", "BUY_TO_COVER": "short", "BUY_TO_CLOSE": "short"}
+INSTRUCTION_SIDE = {"BUY": "buy", "BUY_TO_OPEN": "buy", "BUY_TO_COVER": "buy", "BUY_TO_CLOSE": "buy",
+                    "SELL": "sell", "SELL_TO_OPEN": "sell", "SELL_SHORT": "sell", "SELL_TO_CLOSE": "sell"}
+CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_QUANTITY = Decimal("1000000000")
+MAX_PRICE = Decimal("100000000")
+PRICE_PLACES = Decimal("0.0000000001")
+OPTION_MULTIPLIER = Decimal("100")
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+
+
+# --- the validated request ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderInput:
+    """A validated order request (DESIGN §7)."""
+
+    symbol: str
+    asset_type: AssetType
+    side: OrderSide
+    instruction: str
+    quantity: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: TimeInForce
+    client_order_id: str | None
+    stop_loss_price: Decimal | None
+    take_profit_price: Decimal | None
+    trailing_stop_percent: Decimal | None
+    broker_connection_id: int | None
+    trade_id: int | None
+
+    @property
+    def is_entry(self) -> bool:
+        return self.instruction in ENTRY_INSTRUCTIONS
+
+    @property
+    def direction(self) -> str:
+        """long or short: the side of the position this order opens or closes."""
+        return ENTRY_INSTRUCTIONS.get(self.instruction) or EXIT_INSTRUCTIONS[self.instruction]
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, details={"field": field})
+
+
+def _decimal(unsafe: dict, field: str, *, required: bool = False, maximum: Decimal = MAX_PRICE) -> Decimal | None:
+    unsafe_value = unsafe.get(field)
+    if unsafe_value is None or (isinstance(unsafe_value, str) and not unsafe_value.strip()):
+        if required:
+            raise _invalid(field, f"{field} is required.")
+        return None
+    if isinstance(unsafe_value, bool) or not isinstance(unsafe_value, (str, int, float)):
+        raise _invalid(field, f"{field} must be a number.")
+    try:
+        value = Decimal(str(unsafe_value).strip())
+    except InvalidOperation:
+        raise _invalid(field, f"{field} must be a number.") from None
+    if not value.is_finite() or value <= 0 or value > maximum:
+        raise _invalid(field, f"{field} must be greater than 0 and at most {maximum}.")
+    if value != value.quantize(PRICE_PLACES, rounding=ROUND_HALF_EVEN):
+        raise _invalid(field, f"{field} has too many decimal places (10 at most).")
+    return value
+
+
+def _choice(unsafe: dict, field: str, choices, default=None) -> str:
+    unsafe_value = unsafe.get(field, default)
+    if unsafe_value is None:
+        raise _invalid(field, f"{field} is required.")
+    if not isinstance(unsafe_value, str) or unsafe_value.strip().lower() not in choices:
+        raise _invalid(field, f"{field} must be one of {', '.join(sorted(choices))}.")
+    return unsafe_value.strip().lower()
+
+
+def _optional_id(unsafe: dict, field: str) -> int | None:
+    unsafe_value = unsafe.get(field)
+    if unsafe_value is None or unsafe_value == "":
+        return None
+    if isinstance(unsafe_value, bool) or not isinstance(unsafe_value, (int, str)) \
+            or not str(unsafe_value).strip().isdigit() or not 0 < int(unsafe_value) < 2 ** 62:
+        raise _invalid(field, f"{field} must be a positive whole number.")
+    return int(unsafe_value)
+
+
+def asset_type_for(symbol: str) -> AssetType:
+    """Equity, option (OCC symbol) or crypto (BASE-QUOTE pair), from the symbol's shape."""
+    return AssetType(market_data.asset_type_of(symbol))
+
+
+def multiplier(asset_type) -> Decimal:
+    """Contract multiplier: 100 for options, 1 otherwise."""
+    return OPTION_MULTIPLIER if str(asset_type) == AssetType.OPTION else Decimal("1")
+
+
+def _symbol(unsafe: dict) -> str:
+    unsafe_symbol = unsafe.get("symbol")
+    try:
+        if not isinstance(unsafe_symbol, str) or len(unsafe_symbol) > 40:
+            raise InvalidSymbol()
+        return market_data.canonical_symbol(unsafe_symbol)
+    except InvalidSymbol:
+        raise _invalid("symbol", "symbol must be a ticker such as AAPL, BTC-USD or an OCC option symbol.") from None
+
+
+def _instruction(unsafe: dict, side: str, asset_type: AssetType) -> str:
+    unsafe_instruction = unsafe.get("instruction")
+    if unsafe_instruction is None or unsafe_instruction == "":
+        if asset_type == AssetType.OPTION:
+            return "BUY_TO_OPEN" if side == "buy" else "SELL_TO_CLOSE"
+        return side.upper()
+    if not isinstance(unsafe_instruction, str) or unsafe_instruction.strip().upper() not in INSTRUCTION_SIDE:
+        raise _invalid("instruction", f"instruction must be one of {', '.join(sorted(INSTRUCTION_SIDE))}.")
+    instruction = unsafe_instruction.strip().upper()
+    if INSTRUCTION_SIDE[instruction] != side:
+        raise _invalid("instruction", f"instruction {instruction} does not match side {side}.")
+    is_option_instruction = instruction.endswith(("_TO_OPEN", "_TO_CLOSE"))
+    if is_option_instruction != (asset_type == AssetType.OPTION):
+        raise _invalid("instruction", f"instruction {instruction} does not fit a {asset_type.value} symbol.")
+    if asset_type == AssetType.CRYPTO and instruction in ("SELL_SHORT", "BUY_TO_COVER"):
+        raise _invalid("instruction", "Crypto cannot be sold short.")
+    return instruction
+
+
+def _quantity(unsafe: dict, asset_type: AssetType) -> Decimal:
+    quantity = _decimal(unsafe, "quantity", required=True, maximum=MAX_QUANTITY)
+    if asset_type != AssetType.CRYPTO and quantity != quantity.to_integral_value():
+        raise _invalid("quantity", "quantity must be a whole number for stocks and options.")
+    return quantity
+
+
+def _prices(unsafe: dict, order_type: str) -> tuple[Decimal | None, Decimal | None]:
+    needs_limit, needs_stop = order_type in ("limit", "stop_limit"), order_type in ("stop", "stop_limit")
+    limit_price = _decimal(unsafe, "limit_price", required=needs_limit)
+    stop_price = _decimal(unsafe, "stop_price", required=needs_stop)
+    if limit_price is not None and not needs_limit:
+        raise _invalid("limit_price", f"limit_price is not used by a {order_type} order.")
+    if stop_price is not None and not needs_stop:
+        raise _invalid("stop_price", f"stop_price is not used by a {order_type} order.")
+    return limit_price, stop_price
+
+
+def _client_order_id(unsafe: dict) -> str | None:
+    unsafe_id = unsafe.get("client_order_id")
+    if unsafe_id is None or unsafe_id == "":
+        return None
+    if not isinstance(unsafe_id, str) or not CLIENT_ORDER_ID.match(unsafe_id):
+        raise _invalid("client_order_id", "client_order_id must be 1-64 letters, digits or _ . : -")
+    return unsafe_id
+
+
+def _trailing_percent(unsafe: dict) -> Decimal | None:
+    return _decimal(unsafe, "trailing_stop_percent", maximum=Decimal("99"))
+
+
+def parse_order_request(unsafe: dict) -> OrderInput:
+    """Validate a DESIGN §7 order request; raises ValidationFailed naming the first bad field."""
+    if not isinstance(unsafe, dict):
+        raise _invalid("body", "Send the order as a JSON object.")
+    symbol = _symbol(unsafe)
+    asset_type = asset_type_for(symbol)
+    side = _choice(unsafe, "side", {"buy", "sell"})
+    order_type = _choice(unsafe, "type", {member.value for member in OrderType})
+    limit_price, stop_price = _prices(unsafe, order_type)
+    return OrderInput(
+        symbol=symbol, asset_type=asset_type, side=OrderSide(side),
+        instruction=_instruction(unsafe, side, asset_type), quantity=_quantity(unsafe, asset_type),
+        order_type=OrderType(order_type), limit_price=limit_price, stop_price=stop_price,
+        time_in_force=TimeInForce(_choice(unsafe, "time_in_force", {"day", "gtc"}, default="day")),
+        client_order_id=_client_order_id(unsafe), stop_loss_price=_decimal(unsafe, "stop_loss_price"),
+        take_profit_price=_decimal(unsafe, "take_profit_price"), trailing_stop_percent=_trailing_percent(unsafe),
+        broker_connection_id=_optional_id(unsafe, "broker_connection_id"), trade_id=_optional_id(unsafe, "trade_id"))
+
+
+# --- placing ------------------------------------------------------------------------------------
+
+def place_order(user, unsafe: dict) -> tuple[Order, bool]:
+    """Validate, risk-check and store a new order, enqueue its execution, and COMMIT.
+
+    The one service that commits: the per-user lock must span risk check + insert + commit, or two
+    racing orders could both pass a limit. Returns (order, created); the same client_order_id again
+    returns the existing order and False. Raises ValidationFailed, RiskLimitExceeded, NotFound
+    (unknown broker connection or trade), Conflict (client_order_id used by someone else, or busy),
+    DependencyUnavailable (lock service down) and BrokerUnavailable (account not readable).
+    """
+    request = parse_order_request(unsafe)
+    with risk.user_lock(user.id):
+        connection = connection_for(user, request.broker_connection_id)
+        existing = _existing_for_client_id(user, request)
+        if existing is not None:
+            return existing, False
+        order = _create_order(user, connection, request)
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id)
+        _commit_new_order(request)
+    log.info("order %s placed: %s %s %s", order.id, order.side, order.quantity, order.symbol)
+    return order, True
+
+
+def connection_for(user, connection_id: int | None) -> BrokerConnection:
+    """The user's broker connection by id, or their paper connection; NotFound for others' ids."""
+    from utils.brokers import ensure_paper_connection
+    if connection_id is None:
+        return ensure_paper_connection(user)
+    connection = db.session.scalar(select(BrokerConnection).where(
+        BrokerConnection.id == connection_id, BrokerConnection.user_id == user.id))
+    if connection is None:
+        raise NotFound("No such broker connection.", details={"field": "broker_connection_id"})
+    if connection.status != ConnectionStatus.CONNECTED:
+        raise Conflict("That broker connection is not connected; link it again.", code="broker_not_connected")
+    return connection
+
+
+def _existing_for_client_id(user, request: OrderInput) -> Order | None:
+    if request.client_order_id is None:
+        return None
+    order = db.session.scalar(select(Order).where(Order.client_order_id == request.client_order_id))
+    if order is None:
+        return None
+    if order.user_id != user.id:
+        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken")
+    if (order.symbol, order.side, order.quantity) != (request.symbol, request.side, request.quantity):
+        raise Conflict("That client_order_id was used for a different order.", code="order.client_order_id_reused")
+    return order
+
+
+def _commit_new_order(request: OrderInput) -> None:
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken") from None
+
+
+def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Order:
+    if request.is_entry:
+        estimated_price, trade_id = _check_entry(user, connection, request), None
+    else:
+        estimated_price, trade_id = None, trades.exit_trade_for(user, request).id
+    order = _new_order(user, connection, request, estimated_price=estimated_price)
+    if request.is_entry:
+        trade = trades.create_pending(order, request.direction)
+        order.trade_id = trade.id
+    else:
+        order.trade_id = trade_id
+        order.purpose = OrderPurpose.EXIT
+    db.session.flush()
+    return order
+
+
+def _new_order(user, connection, request: OrderInput, **values) -> Order:
+    order = Order(user_id=user.id, broker_connection_id=connection.id,
+                  client_order_id=request.client_order_id or new_client_order_id(), symbol=request.symbol,
+                  asset_type=request.asset_type, side=request.side, instruction=request.instruction,
+                  order_type=request.order_type, quantity=request.quantity, limit_price=request.limit_price,
+                  stop_price=request.stop_price, time_in_force=request.time_in_force, status=S.PENDING,
+                  purpose=OrderPurpose.ENTRY, stop_loss_price=request.stop_loss_price,
+                  take_profit_price=request.take_profit_price,
+                  trailing_stop_percent=request.trailing_stop_percent, **values)
+    db.session.add(order)
+    db.session.flush()
+    db.session.add(OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail="accepted"))
+    return order
+
+
+def new_client_order_id() -> str:
+    """A fresh idempotency key for an order the user did not name."""
+    return f"tw-{uuid.uuid4().hex}"
+
+
+def _check_entry(user, connection: BrokerConnection, request: OrderInput, exclude_order_id=None) -> Decimal:
+    """Run the risk checks for an entry; returns the unit price they assumed."""
+    from utils.brokers import get_broker
+    broker = get_broker(connection)
+    entry_price = _entry_price(broker, request)
+    _check_protective_prices(request, entry_price)
+    proposal = risk.Proposal(symbol=request.symbol, direction=request.direction, quantity=request.quantity,
+                             entry_price=entry_price, stop_loss_price=request.stop_loss_price,
+                             multiplier=multiplier(request.asset_type))
+    risk.check_order(user, proposal, broker.get_account(), exclude_order_id=exclude_order_id)
+    return entry_price
+
+
+def _entry_price(broker, request: OrderInput) -> Decimal:
+    if request.limit_price is not None:
+        return request.limit_price
+    if request.stop_price is not None:
+        return request.stop_price
+    quote = broker.get_quotes([request.symbol]).get(request.symbol)
+    if quote is None:
+        raise _invalid("symbol", f"There is no price for {request.symbol}.")
+    return quote.ask if request.side == OrderSide.BUY else quote.bid
+
+
+def _check_protective_prices(request: OrderInput, entry_price: Decimal) -> None:
+    long = request.direction == "long"
+    stop, target = request.stop_loss_price, request.take_profit_price
+    if stop is not None and (stop >= entry_price if long else stop <= entry_price):
+        raise _invalid("stop_loss_price", f"stop_loss_price must be {'below' if long else 'above'} the entry "
+                                          f"price {entry_price}.")
+    if target is not None and (target <= entry_price if long else target >= entry_price):
+        raise _invalid("take_profit_price", f"take_profit_price must be {'above' if long else 'below'} the entry "
+                                            f"price {entry_price}.")
+
+
+def create_exit_order(trade, quantity: Decimal, purpose: OrderPurpose = OrderPurpose.EXIT) -> Order:
+    """Add a market order that closes `quantity` of `trade` and enqueue it (flushes; caller commits)."""
+    side = OrderSide.SELL if trade.side == "long" else OrderSide.BUY
+    if trade.asset_type == AssetType.OPTION:
+        instruction = "SELL_TO_CLOSE" if side == OrderSide.SELL else "BUY_TO_CLOSE"
+    else:
+        instruction = "SELL" if side == OrderSide.SELL else "BUY_TO_COVER"
+    order = Order(user_id=trade.user_id, broker_connection_id=trade.broker_connection_id,
+                  client_order_id=new_client_order_id(), symbol=trade.symbol, asset_type=trade.asset_type, side=side,
+                  instruction=instruction, order_type=OrderType.MARKET, quantity=quantity,
+                  time_in_force=TimeInForce.DAY, status=S.PENDING, purpose=purpose, trade_id=trade.id)
+    db.session.add(order)
+    db.session.flush()
+    db.session.add(OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail=f"{purpose} exit"))
+    jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id)
+    return order
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+def transition(order: Order, new_status: OrderStatus, detail: str | None = None, **values) -> None:
+    """Move `order` to `new_status` with one conditional UPDATE and an OrderEvent (flushes).
+
+    Raises InvalidTransition when the move is not allowed or the row changed under us.
+    """
+    old_status, new_status = OrderStatus(order.status), OrderStatus(new_status)
+    if new_status not in TRANSITIONS.get(old_status, set()):
+        raise InvalidTransition(f"An order cannot go from {old_status} to {new_status}.",
+                                details={"from": old_status.value, "to": new_status.value})
+    if new_status in TERMINAL:
+        values.setdefault("completed_at", utcnow())
+    values.update(status=new_status, updated_at=utcnow())
+    changed = db.session.execute(
+        update(Order).where(Order.id == order.id, Order.status == old_status).values(**values)
+        .execution_options(synchronize_session=False)).rowcount
+    if changed != 1:
+        raise InvalidTransition("The order changed meanwhile.", details={"from": old_status.value,
+                                                                          "to": new_status.value})
+    db.session.add(OrderEvent(order_id=order.id, from_status=old_status, to_status=new_status,
+                              detail=(detail or None) and detail[:255]))
+    db.session.flush()
+    _written(order, values)
+
+
+def _written(row, values: dict) -> None:
+    """Make the in-memory row show what a conditional UPDATE just wrote (without reloading it)."""
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+    for relationship_name in ("events", "fills"):
+        if hasattr(type(row), relationship_name):
+            db.session.expire(row, [relationship_name])
+
+
+# --- execution (worker) -------------------------------------------------------------------------
+
+def claim_submission(order_id: int, attempt: int | None = None) -> int | None:
+    """Claim an order for sending: `pending → submitting`, or (a retry) bump the attempt counter of a
+    `submitting` order from `attempt`. Returns the new attempt number, or None when someone else has it."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        return None
+    if attempt is None:
+        if order.status != S.PENDING:
+            return None
+        try:
+            transition(order, S.SUBMITTING, submit_attempts=order.submit_attempts + 1)
+        except InvalidTransition:
+            return None
+        return order.submit_attempts
+    return _claim_retry(order, attempt)
+
+
+def _claim_retry(order: Order, attempt: int) -> int | None:
+    changed = db.session.execute(
+        update(Order).where(Order.id == order.id, Order.status == S.SUBMITTING, Order.submit_attempts == attempt)
+        .values(submit_attempts=attempt + 1, updated_at=utcnow())
+        .execution_options(synchronize_session="fetch")).rowcount
+    if changed != 1:
+        return None
+    db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
+                              detail=f"send attempt {attempt + 1}"))
+    db.session.flush()
+    return attempt + 1
+
+
+@dataclass(frozen=True)
+class BrokerAnswer:
+    """What the broker said to a send: its order, and whether we adopted it (found by client_order_id)."""
+
+    broker_order: BrokerOrder
+    adopted: bool = False
+
+
+def send_claimed(order_id: int) -> BrokerAnswer | None:
+    """Send a claimed (`submitting`) order to its broker and return its answer (flushes).
+
+    A resend asks the broker by client_order_id first and adopts what it finds. A business rejection
+    is recorded as `rejected` (returns None); BrokerUnavailable propagates so the task can retry.
+    The caller commits right after, so the broker's side is durable before the answer is recorded,
+    exactly as with a remote broker (the paper broker keeps its state in our database).
+    """
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.SUBMITTING:
+        return None
+    try:
+        return _send(order, broker_for(order))
+    except (BrokerRejected, BrokerAuthExpired, OrderNotCancelable, OrderNotFound) as error:
+        _reject(order, error.message)
+        return None
+
+
+def record_answer(order_id: int, answer: BrokerAnswer) -> None:
+    """Record the broker's answer to a send: `submitted` (or `rejected`) plus any fills (flushes)."""
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.SUBMITTING:
+        return
+    record_submission(order, answer.broker_order, adopted=answer.adopted)
+
+
+def _send(order: Order, broker) -> BrokerAnswer:
+    if order.submit_attempts > 1:
+        found = broker.find_order_by_client_id(order.client_order_id)
+        if found is not None:
+            log.info("order %s: adopting the broker's copy found by client_order_id", order.id)
+            return BrokerAnswer(found, adopted=True)
+    replaced = db.session.get(Order, order.replaces_order_id) if order.replaces_order_id else None
+    if replaced is not None and replaced.broker_order_id:
+        return BrokerAnswer(broker.replace_order(replaced.broker_order_id, broker_request(order)))
+    return BrokerAnswer(broker.place_order(broker_request(order)))
+
+
+def pause_for_fault_injection(order_id: int) -> None:
+    """ORDERS_EXECUTE_FAULT_DELAY_SECONDS (tests only, default 0) widens the window between the broker
+    call and recording its answer, so a crash test can SIGKILL the worker exactly there."""
+    delay = int(current_app.config.get("ORDERS_EXECUTE_FAULT_DELAY_SECONDS") or 0)
+    if delay > 0:
+        log.warning("order %s: fault injection, pausing %s s before recording the broker's answer", order_id, delay)
+        time.sleep(delay)
+
+
+def broker_request(order: Order) -> OrderRequest:
+    """The broker-facing request for an order (carries our client_order_id as the idempotency key)."""
+    return OrderRequest(client_order_id=order.client_order_id, symbol=order.symbol,
+                        asset_type=str(order.asset_type), side=str(order.side), instruction=order.instruction,
+                        order_type=str(order.order_type), quantity=order.quantity,
+                        time_in_force=str(order.time_in_force), limit_price=order.limit_price,
+                        stop_price=order.stop_price)
+
+
+def broker_for(order: Order):
+    """The Broker adapter of the order's connection."""
+    from utils.brokers import get_broker
+    return get_broker(db.session.get(BrokerConnection, order.broker_connection_id))
+
+
+def record_submission(order: Order, broker_order: BrokerOrder, adopted: bool = False) -> None:
+    """Record the broker's acceptance (`submitted` + broker id) and whatever it already reports."""
+    if broker_order.status == S.REJECTED:
+        _reject(order, broker_order.reject_reason or "rejected by the broker")
+        return
+    found = " (found by client_order_id)" if adopted else ""
+    transition(order, S.SUBMITTED, detail=f"broker order {broker_order.broker_order_id}{found}",
+               broker_order_id=broker_order.broker_order_id, submitted_at=utcnow())
+    if order.replaces_order_id:
+        _mark_replaced(order.replaces_order_id, order)
+    apply_broker_order(order, broker_order)
+
+
+def _mark_replaced(old_order_id: int, new_order: Order) -> None:
+    old = db.session.get(Order, old_order_id)
+    if old is not None and old.status in (S.PENDING, *OPEN_AT_BROKER):
+        transition(old, S.REPLACED, detail=f"replaced by order {new_order.id}")
+
+
+def _reject(order: Order, reason: str) -> None:
+    transition(order, S.REJECTED, detail=reason, reject_reason=reason[:255])
+    trades.entry_finished(order)
+
+
+def fail_submission(order_id: int, reason: str) -> None:
+    """Give up on a `submitting` order after the retries (broker unreachable): `failed` (flushes)."""
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.SUBMITTING:
+        return
+    transition(order, S.FAILED, detail=reason, reject_reason=reason[:255])
+    trades.entry_finished(order)
+
+
+# --- fills and broker status --------------------------------------------------------------------
+
+def apply_broker_order(order: Order, broker_order: BrokerOrder) -> None:
+    """Record new fills from the broker's view of the order, then follow its status (flushes)."""
+    known = {fill.broker_execution_id for fill in order.fills}
+    for broker_fill in sorted(broker_order.fills, key=lambda fill: (fill.executed_at, fill.execution_id)):
+        if broker_fill.execution_id not in known:
+            record_fill(order, broker_fill)
+            known.add(broker_fill.execution_id)
+    _follow_broker_status(order, broker_order)
+
+
+def record_fill(order: Order, broker_fill) -> Fill | None:
+    """Add one execution to an order; a duplicate or an overfill is refused (returns None)."""
+    quantity, price = broker_fill.quantity, broker_fill.price
+    if quantity <= 0 or price <= 0:
+        log.warning("order %s: refused a fill with quantity %s price %s", order.id, quantity, price)
+        return None
+    if order.filled_quantity + quantity > order.quantity:
+        log.warning("order %s: refused overfill %s (filled %s of %s)", order.id, quantity, order.filled_quantity,
+                    order.quantity)
+        return None
+    previous = list(order.fills)  # loaded before the new fill is in the session, so it is not counted twice
+    if any(fill.broker_execution_id == broker_fill.execution_id for fill in previous):
+        return None
+    fill = Fill(user_id=order.user_id, order_id=order.id, broker_execution_id=broker_fill.execution_id,
+                quantity=quantity, price=price, fee=broker_fill.fee or Decimal("0"),
+                executed_at=broker_fill.executed_at or utcnow())
+    db.session.add(fill)
+    _add_to_totals(order, previous, fill)
+    trades.apply_fill(order, fill)
+    _status_after_fill(order)
+    return fill
+
+
+def average_price(fills) -> Decimal | None:
+    """Quantity-weighted average price, exact in Decimal, rounded half-even to 10 places."""
+    quantity = sum((fill.quantity for fill in fills), Decimal("0"))
+    if quantity == 0:
+        return None
+    notional = sum((fill.quantity * fill.price for fill in fills), Decimal("0"))
+    return (notional / quantity).quantize(PRICE_PLACES, rounding=ROUND_HALF_EVEN)
+
+
+def _add_to_totals(order: Order, previous: list[Fill], fill: Fill) -> None:
+    """Write the new totals guarded by the old filled quantity (a concurrent recorder makes this fail)."""
+    all_fills = [*previous, fill]
+    new_filled = order.filled_quantity + fill.quantity
+    values = {"filled_quantity": new_filled, "fees": order.fees + fill.fee,
+              "average_fill_price": average_price(all_fills), "updated_at": utcnow()}
+    changed = db.session.execute(
+        update(Order).where(Order.id == order.id, Order.filled_quantity == order.filled_quantity).values(**values)
+        .execution_options(synchronize_session=False)).rowcount
+    if changed != 1:
+        raise Conflict("The order's fills changed meanwhile.", code="order.concurrent_fill")
+    db.session.flush()
+    _written(order, values)
+
+
+def _status_after_fill(order: Order) -> None:
+    if order.filled_quantity == order.quantity:
+        transition(order, S.FILLED, detail="filled")
+        trades.entry_finished(order)
+    elif order.status == S.SUBMITTED:
+        transition(order, S.PARTIALLY_FILLED, detail=f"filled {order.filled_quantity} of {order.quantity}")
+
+
+BROKER_ENDINGS = {S.CANCELLED, S.EXPIRED, S.REJECTED, S.REPLACED}
+
+
+def _follow_broker_status(order: Order, broker_order: BrokerOrder) -> None:
+    reported = OrderStatus(broker_order.status) if broker_order.status in S._value2member_map_ else None
+    if reported not in BROKER_ENDINGS or order.status in TERMINAL:
+        return
+    if reported == S.REJECTED and order.status not in (S.SUBMITTED, S.SUBMITTING):
+        reported = S.CANCELLED
+    if reported not in TRANSITIONS.get(OrderStatus(order.status), set()):
+        return
+    reason = broker_order.reject_reason or f"{reported} at the broker"
+    transition(order, reported, detail=reason,
+               **({"reject_reason": reason[:255]} if reported == S.REJECTED else {}))
+    trades.entry_finished(order)
+
+
+# --- cancel and replace -------------------------------------------------------------------------
+
+def get_order(user, order_id) -> Order:
+    """One of the user's orders; NotFound for unknown ids and other users' orders."""
+    try:
+        order_id = int(order_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such order.") from None
+    order = db.session.scalar(select(Order).where(Order.id == order_id, Order.user_id == user.id))
+    if order is None:
+        raise NotFound("No such order.")
+    return order
+
+
+def cancel_order(user, order_id) -> Order:
+    """Ask to cancel an order: `pending → cancelled` at once, `submitted|partially_filled → pending_cancel`
+    and a worker job (flushes; caller commits). Raises NotFound, Conflict when it can no longer be cancelled."""
+    order = get_order(user, order_id)
+    if order.status == S.PENDING_CANCEL:  # asking again re-sends the (idempotent) broker cancel
+        jobs.enqueue_after_commit(jobs.ORDERS_CANCEL, order.id)
+        return order
+    try:
+        if order.status == S.PENDING:
+            transition(order, S.CANCELLED, detail="cancelled before it was sent")
+            trades.entry_finished(order)
+        elif order.status in (S.SUBMITTED, S.PARTIALLY_FILLED):
+            transition(order, S.PENDING_CANCEL, detail="cancel requested")
+            jobs.enqueue_after_commit(jobs.ORDERS_CANCEL, order.id)
+        else:
+            raise InvalidTransition()
+    except InvalidTransition:
+        raise Conflict(f"An order that is {order.status} cannot be cancelled.", code="order.not_cancelable",
+                       details={"status": str(order.status)}) from None
+    return order
+
+
+def request_broker_cancel(order_id: int) -> None:
+    """Worker side of a cancel: tell the broker and record its answer (flushes).
+    BrokerUnavailable propagates so the task can retry."""
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.PENDING_CANCEL or not order.broker_order_id:
+        return
+    broker = broker_for(order)
+    try:
+        broker_order = broker.cancel_order(order.broker_order_id)
+    except (OrderNotCancelable, OrderNotFound):
+        broker_order = broker.get_order(order.broker_order_id)
+    apply_broker_order(order, broker_order)
+
+
+REPLACE_FIELDS = ("quantity", "limit_price", "stop_price", "time_in_force", "client_order_id")
+
+
+def replace_order(user, order_id, unsafe: dict) -> Order:
+    """Replace an open order with a new one (quantity, limit_price, stop_price, time_in_force) and COMMIT.
+
+    Like place_order it commits inside the per-user lock. The new order points back with
+    `replaces_order_id`; the old one becomes `replaced` once the broker confirms (at once if it was never
+    sent). Raises NotFound, Conflict (not replaceable), ValidationFailed, RiskLimitExceeded.
+    """
+    if not isinstance(unsafe, dict) or not any(unsafe.get(field) is not None for field in REPLACE_FIELDS[:4]):
+        raise _invalid("body", "Send at least one of quantity, limit_price, stop_price, time_in_force.")
+    old = get_order(user, order_id)
+    request = parse_order_request(_merged_request(old, unsafe))
+    with risk.user_lock(user.id):
+        db.session.refresh(old)
+        if old.status not in (S.PENDING, S.SUBMITTED):
+            raise Conflict(f"An order that is {old.status} cannot be replaced.", code="order.not_replaceable",
+                           details={"status": str(old.status)})
+        new = _create_replacement(user, old, request)
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, new.id)
+        _commit_new_order(request)
+    return new
+
+
+def _merged_request(old: Order, unsafe: dict) -> dict:
+    merged = {"symbol": old.symbol, "side": str(old.side), "type": str(old.order_type),
+              "instruction": old.instruction, "time_in_force": str(old.time_in_force),
+              "quantity": str(old.quantity), "limit_price": old.limit_price and str(old.limit_price),
+              "stop_price": old.stop_price and str(old.stop_price),
+              "stop_loss_price": old.stop_loss_price and str(old.stop_loss_price),
+              "take_profit_price": old.take_profit_price and str(old.take_profit_price),
+              "trailing_stop_percent": old.trailing_stop_percent and str(old.trailing_stop_percent)}
+    merged.update({field: unsafe[field] for field in REPLACE_FIELDS if field in unsafe})
+    return merged
+
+
+def _create_replacement(user, old: Order, request: OrderInput) -> Order:
+    connection = db.session.get(BrokerConnection, old.broker_connection_id)
+    estimated_price = old.estimated_price
+    if request.is_entry:
+        estimated_price = _check_entry(user, connection, request, exclude_order_id=old.id)
+    else:
+        trades.check_exit_quantity(db.session.get(trades.Trade, old.trade_id), request.quantity,
+                                   exclude_order_id=old.id)
+    new = _new_order(user, connection, request, estimated_price=estimated_price, replaces_order_id=old.id,
+                     trade_id=old.trade_id)
+    new.purpose = old.purpose
+    if old.status == S.PENDING:
+        transition(old, S.REPLACED, detail=f"replaced by order {new.id} before it was sent")
+    db.session.flush()
+    return new
+
+
+# --- sync and recovery (beat) -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def sweep_lock(name: str, timeout: int = 60):
+    """Hold a non-blocking Redis lock for a periodic scan; yields False when another scan holds it."""
+    lock = risk.cache_redis().lock(f"tradewarden:lock:sweep:{name}", timeout=timeout, blocking=False)
+    acquired = lock.acquire()
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with contextlib.suppress(redis_lib.RedisError):
+                lock.release()
+
+
+def open_order_ids(limit: int = 500) -> list[int]:
+    """Ids of orders the broker still works on (submitted, partially filled, pending cancel)."""
+    return list(db.session.scalars(select(Order.id).where(Order.status.in_(OPEN_AT_BROKER))
+                                   .order_by(Order.updated_at).limit(limit)))
+
+
+def sync_order(order_id: int) -> None:
+    """Ask the broker about one open order and record new fills and its status (flushes)."""
+    order = db.session.get(Order, order_id)
+    if order is None or order.status not in OPEN_AT_BROKER or not order.broker_order_id:
+        return
+    try:
+        broker_order = broker_for(order).get_order(order.broker_order_id)
+    except OrderNotFound:
+        log.warning("order %s: the broker no longer knows %s", order.id, order.broker_order_id)
+        return
+    apply_broker_order(order, broker_order)
+
+
+def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Orders stuck in `pending` (ids) and in `submitting` (id, attempt) longer than ORDERS_STUCK_AFTER_SECONDS."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    pending = list(db.session.scalars(select(Order.id).where(Order.status == S.PENDING, Order.updated_at < cutoff)))
+    submitting = list(db.session.execute(select(Order.id, Order.submit_attempts).where(
+        Order.status == S.SUBMITTING, Order.updated_at < cutoff)).tuples())
+    return pending, submitting
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def list_orders(user, *, status=None, cursor=None, limit=DEFAULT_PAGE_SIZE) -> tuple[list[Order], str | None]:
+    """The user's orders, newest first, `limit` per page; `cursor` is the previous page's next_cursor.
+    Raises ValidationFailed for an unknown status, a bad cursor or limit."""
+    query = select(Order).where(Order.user_id == user.id)
+    if status not in (None, ""):
+        if status not in S._value2member_map_:
+            raise _invalid("status", f"status must be one of {', '.join(S._value2member_map_)}.")
+        query = query.where(Order.status == status)
+    return paginate(query, Order.id, cursor, limit)
+
+
+def paginate(query, id_column, cursor, limit) -> tuple[list, str | None]:
+    """Keyset pagination on a descending integer id: (items, next_cursor)."""
+    limit = _page_size(limit)
+    if cursor not in (None, ""):
+        if not str(cursor).isdigit() or len(str(cursor)) > 18:
+            raise _invalid("cursor", "cursor is not valid.")
+        query = query.where(id_column < int(cursor))
+    items = list(db.session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
+    next_cursor = str(items[limit - 1].id) if len(items) > limit else None
+    return items[:limit], next_cursor
+
+
+def _page_size(unsafe_limit) -> int:
+    try:
+        limit = int(unsafe_limit)
+    except (TypeError, ValueError):
+        raise _invalid("limit", "limit must be a whole number.") from None
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise _invalid("limit", f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+    return limit
+
+
+def decimal_text(value: Decimal | None) -> str | None:
+    """A Decimal as a plain string ("101.25"), None stays None."""
+    if value is None:
+        return None
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z."""
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def order_to_dict(order: Order) -> dict:
+    """An order in the DESIGN §7 shape, with its events and fills."""
+    return {
+        "id": order.id, "client_order_id": order.client_order_id, "symbol": order.symbol,
+        "asset_type": str(order.asset_type), "side": str(order.side), "instruction": order.instruction,
+        "quantity": decimal_text(order.quantity), "type": str(order.order_type),
+        "limit_price": decimal_text(order.limit_price), "stop_price": decimal_text(order.stop_price),
+        "time_in_force": str(order.time_in_force), "status": str(order.status),
+        "filled_quantity": decimal_text(order.filled_quantity),
+        "average_fill_price": decimal_text(order.average_fill_price), "fees": decimal_text(order.fees),
+        "purpose": str(order.purpose), "trade_id": order.trade_id, "replaces_order_id": order.replaces_order_id,
+        "broker_connection_id": order.broker_connection_id, "reject_reason": order.reject_reason,
+        "stop_loss_price": decimal_text(order.stop_loss_price),
+        "take_profit_price": decimal_text(order.take_profit_price),
+        "trailing_stop_percent": decimal_text(order.trailing_stop_percent),
+        "created_at": iso(order.created_at), "updated_at": iso(order.updated_at),
+        "events": [{"from_status": event.from_status, "to_status": event.to_status, "detail": event.detail,
+                    "created_at": iso(event.created_at)} for event in order.events],
+        "fills": [{"id": fill.id, "quantity": decimal_text(fill.quantity), "price": decimal_text(fill.price),
+                   "fee": decimal_text(fill.fee), "executed_at": iso(fill.executed_at)} for fill in order.fills],
+    }

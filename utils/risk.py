@@ -1,0 +1,294 @@
+"""Risk limits (issue 4 item 7): per-user limits in `UserSettings`, checked before an entry order leaves.
+
+`check_order` runs inside `user_lock(user_id)` (a Redis lock on the cache Redis) together with the
+insert and the commit of the order, so two racing orders cannot both pass a limit. A denial raises
+`RiskLimitExceeded` with a machine-readable code (`risk.buying_power`, `risk.max_risk_per_trade`,
+`risk.daily_trade_limit`, `risk.daily_notional_limit`, `risk.concentration`, `risk.daily_loss_limit`)
+and the numbers that broke it, as strings. Exits are never checked.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, time, timezone
+from decimal import Decimal, InvalidOperation
+
+import redis as redis_lib
+from flask import current_app
+from sqlalchemy import select
+
+from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
+from utils.dbtypes import utcnow
+from utils.errors import Conflict, DependencyUnavailable, RiskLimitExceeded, ValidationFailed
+from utils.extensions import db
+
+log = logging.getLogger("tradewarden.risk")
+
+HUNDRED = Decimal("100")
+LOCK_TIMEOUT_SECONDS = 15
+LOCK_WAIT_SECONDS = 10
+# Orders that hold buying power and exposure before the broker has them (not yet reflected in its account).
+UNSENT_STATUSES = (OrderStatus.PENDING, OrderStatus.SUBMITTING)
+WORKING_STATUSES = (OrderStatus.PENDING, OrderStatus.SUBMITTING, OrderStatus.SUBMITTED,
+                    OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL)
+# Orders that count toward today's order count and notional (everything that was not refused).
+REFUSED_STATUSES = (OrderStatus.REJECTED, OrderStatus.FAILED)
+OPEN_TRADE_STATUSES = (TradeStatus.PENDING, TradeStatus.OPEN, TradeStatus.CLOSING)
+
+# field → (kind, minimum, maximum); percentages are of equity.
+LIMIT_FIELDS = {
+    "max_risk_per_trade_pct": ("decimal", Decimal("0.01"), HUNDRED),
+    "default_stop_pct": ("decimal", Decimal("0.01"), Decimal("99")),
+    "daily_trade_limit": ("int", 1, 100_000),
+    "daily_notional_limit": ("decimal", Decimal("1"), Decimal("1000000000000")),
+    "max_concentration_pct": ("decimal", Decimal("0.01"), HUNDRED),
+    "daily_loss_limit_pct": ("decimal", Decimal("0.01"), HUNDRED),
+}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An entry order as the risk checks see it. `direction` is long or short; prices per unit."""
+
+    symbol: str
+    direction: str
+    quantity: Decimal
+    entry_price: Decimal
+    stop_loss_price: Decimal | None
+    multiplier: Decimal = Decimal("1")
+
+    @property
+    def notional(self) -> Decimal:
+        return self.quantity * self.entry_price * self.multiplier
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def get_limits(user) -> UserSettings:
+    """The user's risk limits, creating the row with defaults when missing (flushes)."""
+    settings = db.session.scalar(select(UserSettings).where(UserSettings.user_id == user.id))
+    if settings is None:
+        settings = UserSettings(user_id=user.id)
+        db.session.add(settings)
+        db.session.flush()
+    return settings
+
+
+def update_limits(user, unsafe: dict) -> UserSettings:
+    """Change any of the limit fields given; raises ValidationFailed (details.field) for a bad value."""
+    if not isinstance(unsafe, dict):
+        raise ValidationFailed("Send a JSON object of limits.", details={"field": "body"})
+    unknown = sorted(set(unsafe) - set(LIMIT_FIELDS))
+    if unknown:
+        raise ValidationFailed(f"Unknown field {unknown[0]}.", details={"field": unknown[0]})
+    settings = get_limits(user)
+    for name, unsafe_value in unsafe.items():
+        setattr(settings, name, _parse_limit(name, unsafe_value))
+    db.session.flush()
+    return settings
+
+
+def _parse_limit(name: str, unsafe_value):
+    kind, minimum, maximum = LIMIT_FIELDS[name]
+    if isinstance(unsafe_value, bool) or not isinstance(unsafe_value, (str, int, float)):
+        raise ValidationFailed(f"{name} must be a number.", details={"field": name})
+    try:
+        value = Decimal(str(unsafe_value).strip())
+    except InvalidOperation:
+        raise ValidationFailed(f"{name} must be a number.", details={"field": name}) from None
+    if not value.is_finite() or (kind == "int" and value != value.to_integral_value()):
+        raise ValidationFailed(f"{name} must be a {'whole ' if kind == 'int' else ''}number.", details={"field": name})
+    if not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be between {minimum} and {maximum}.", details={"field": name})
+    return int(value) if kind == "int" else value
+
+
+def limits_to_dict(settings: UserSettings) -> dict:
+    """The limits as JSON (decimals as strings)."""
+    return {name: (getattr(settings, name) if LIMIT_FIELDS[name][0] == "int" else _text(getattr(settings, name)))
+            for name in LIMIT_FIELDS}
+
+
+# --- the per-user lock --------------------------------------------------------------------------
+
+def cache_redis() -> redis_lib.Redis:
+    """The cache Redis (db 1) client of this app, created once per app."""
+    client = current_app.extensions.get("tradewarden_cache_redis")
+    if client is None:
+        client = redis_lib.Redis.from_url(current_app.config["CACHE_REDIS_URL"], socket_timeout=5,
+                                          socket_connect_timeout=2, health_check_interval=30)
+        current_app.extensions["tradewarden_cache_redis"] = client
+    return client
+
+
+@contextlib.contextmanager
+def user_lock(user_id: int, purpose: str = "orders"):
+    """Hold the per-user Redis lock; raises Conflict if busy, DependencyUnavailable if Redis is down."""
+    lock = cache_redis().lock(f"tradewarden:lock:{purpose}:{user_id}", timeout=LOCK_TIMEOUT_SECONDS,
+                              blocking_timeout=LOCK_WAIT_SECONDS)
+    try:
+        acquired = lock.acquire()
+    except redis_lib.RedisError:
+        log.error("risk lock unavailable: Redis did not answer")
+        raise DependencyUnavailable("Orders are paused: the lock service is unavailable.") from None
+    if not acquired:
+        raise Conflict("Another order of yours is being placed; try again.", code="orders.busy")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis_lib.RedisError):
+            lock.release()
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+def check_order(user, proposal: Proposal, account, exclude_order_id: int | None = None) -> None:
+    """Raise RiskLimitExceeded when the entry `proposal` breaks one of the user's limits.
+
+    `account` is the broker's AccountSnapshot (equity, buying power). Call inside `user_lock`.
+    """
+    settings = get_limits(user)
+    equity = account.equity
+    _check_daily_loss(user, settings, equity)
+    _check_buying_power(user, proposal, account.buying_power, exclude_order_id)
+    _check_risk_per_trade(settings, proposal, equity)
+    _check_daily_activity(user, settings, proposal, exclude_order_id)
+    _check_concentration(user, settings, proposal, equity, exclude_order_id)
+
+
+def _deny(code: str, message: str, **numbers) -> None:
+    raise RiskLimitExceeded(message, code=code, details={key: _text(value) for key, value in numbers.items()})
+
+
+def _check_daily_loss(user, settings: UserSettings, equity: Decimal) -> None:
+    realized = realized_pnl_today(user.id)
+    allowed_loss = equity * settings.daily_loss_limit_pct / HUNDRED
+    if realized < 0 and -realized >= allowed_loss:
+        _deny("risk.daily_loss_limit", "Today's realized loss has reached your daily loss limit; no new entries today.",
+              realized_loss_today=-realized, limit=allowed_loss, limit_pct=settings.daily_loss_limit_pct,
+              equity=equity)
+
+
+def _check_buying_power(user, proposal: Proposal, buying_power: Decimal, exclude_order_id) -> None:
+    reserved = _unsent_notional(user.id, None, exclude_order_id)
+    if proposal.notional + reserved > buying_power:
+        _deny("risk.buying_power", "Not enough buying power for this order.", order_notional=proposal.notional,
+              reserved_by_open_orders=reserved, buying_power=buying_power)
+
+
+def _check_risk_per_trade(settings: UserSettings, proposal: Proposal, equity: Decimal) -> None:
+    stop = proposal.stop_loss_price or default_stop(settings, proposal)
+    risk = abs(proposal.entry_price - stop) * proposal.quantity * proposal.multiplier
+    allowed = equity * settings.max_risk_per_trade_pct / HUNDRED
+    if risk > allowed:
+        _deny("risk.max_risk_per_trade", "The order risks more than your per-trade limit.", risk=risk, limit=allowed,
+              limit_pct=settings.max_risk_per_trade_pct, entry_price=proposal.entry_price, stop_price=stop,
+              equity=equity)
+
+
+def default_stop(settings: UserSettings, proposal: Proposal) -> Decimal:
+    """The stop price implied by the default stop % (below entry for longs, above for shorts)."""
+    offset = proposal.entry_price * settings.default_stop_pct / HUNDRED
+    return proposal.entry_price - offset if proposal.direction == "long" else proposal.entry_price + offset
+
+
+def _check_daily_activity(user, settings: UserSettings, proposal: Proposal, exclude_order_id) -> None:
+    count, notional = _today_orders(user.id, exclude_order_id)
+    if count + 1 > settings.daily_trade_limit:
+        _deny("risk.daily_trade_limit", "You have reached today's order limit.", orders_today=count,
+              limit=settings.daily_trade_limit)
+    if notional + proposal.notional > settings.daily_notional_limit:
+        _deny("risk.daily_notional_limit", "The order would exceed today's notional limit.", notional_today=notional,
+              order_notional=proposal.notional, limit=settings.daily_notional_limit)
+
+
+def _check_concentration(user, settings: UserSettings, proposal: Proposal, equity: Decimal, exclude_order_id) -> None:
+    current = symbol_exposure(user.id, proposal.symbol) + _working_notional(user.id, proposal.symbol,
+                                                                            exclude_order_id)
+    after = current + proposal.notional
+    allowed = equity * settings.max_concentration_pct / HUNDRED
+    if after > allowed:
+        _deny("risk.concentration", f"{proposal.symbol} would be too large a share of your equity.",
+              exposure_after=after, limit=allowed, limit_pct=settings.max_concentration_pct, equity=equity)
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+def start_of_day(now: datetime | None = None) -> datetime:
+    """Midnight UTC of today (the trading-limit day)."""
+    now = now or utcnow()
+    return datetime.combine(now.astimezone(timezone.utc).date(), time.min, tzinfo=timezone.utc)
+
+
+def realized_pnl_today(user_id: int) -> Decimal:
+    """Realized P&L (after fees) of trades closed since midnight UTC."""
+    values = db.session.scalars(select(Trade.realized_pnl).where(
+        Trade.user_id == user_id, Trade.closed_at >= start_of_day(), Trade.realized_pnl.is_not(None)))
+    return sum(values, Decimal("0"))
+
+
+def order_price(order: Order) -> Decimal:
+    """The best known unit price of an order: its fills, else its limit/stop, else the estimate at placement."""
+    return (order.average_fill_price or order.limit_price or order.stop_price or order.estimated_price
+            or Decimal("0"))
+
+
+def _multiplier(asset_type) -> Decimal:
+    return Decimal("100") if str(asset_type) == "option" else Decimal("1")
+
+
+def _unsent_notional(user_id: int, symbol: str | None, exclude_order_id) -> Decimal:
+    """Notional of entry orders not yet at the broker (its buying power does not know them yet)."""
+    return _remaining_notional(user_id, UNSENT_STATUSES, symbol, exclude_order_id)
+
+
+def _working_notional(user_id: int, symbol: str, exclude_order_id) -> Decimal:
+    """Unfilled remainder of every entry order still working in `symbol` (sent or not)."""
+    return _remaining_notional(user_id, WORKING_STATUSES, symbol, exclude_order_id)
+
+
+def _remaining_notional(user_id: int, statuses, symbol: str | None, exclude_order_id) -> Decimal:
+    query = select(Order.quantity, Order.filled_quantity, Order.asset_type, *PRICE_COLUMNS).where(
+        Order.user_id == user_id, Order.status.in_(statuses), Order.purpose == OrderPurpose.ENTRY)
+    if symbol is not None:
+        query = query.where(Order.symbol == symbol)
+    if exclude_order_id is not None:
+        query = query.where(Order.id != exclude_order_id)
+    return sum(((quantity - filled) * _first_price(prices) * _multiplier(asset_type)
+                for quantity, filled, asset_type, *prices in db.session.execute(query)), Decimal("0"))
+
+
+PRICE_COLUMNS = (Order.average_fill_price, Order.limit_price, Order.stop_price, Order.estimated_price)
+
+
+def _today_orders(user_id: int, exclude_order_id) -> tuple[int, Decimal]:
+    """Count and notional of today's orders (columns only: this runs on every placement)."""
+    query = select(Order.quantity, Order.asset_type, *PRICE_COLUMNS).where(
+        Order.user_id == user_id, Order.created_at >= start_of_day(), Order.status.not_in(REFUSED_STATUSES),
+        Order.replaces_order_id.is_(None))
+    if exclude_order_id is not None:
+        query = query.where(Order.id != exclude_order_id)
+    rows = db.session.execute(query).all()
+    notional = sum((quantity * _first_price(prices) * _multiplier(asset_type)
+                    for quantity, asset_type, *prices in rows), Decimal("0"))
+    return len(rows), notional
+
+
+def _first_price(prices) -> Decimal:
+    return next((price for price in prices if price is not None), Decimal("0"))
+
+
+def symbol_exposure(user_id: int, symbol: str) -> Decimal:
+    """Cost basis still held in `symbol` by open trades (entry price × remaining quantity)."""
+    rows = db.session.execute(select(Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type).where(
+        Trade.user_id == user_id, Trade.symbol == symbol, Trade.status.in_(OPEN_TRADE_STATUSES))).all()
+    return sum(((quantity - exited) * (entry or Decimal("0")) * _multiplier(asset_type)
+                for quantity, exited, entry, asset_type in rows), Decimal("0"))
+
+
+def _text(value) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+

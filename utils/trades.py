@@ -1,0 +1,290 @@
+"""Trades (issue 4 item 6): one position from entry to exit, built from the fills of its orders.
+
+An entry order creates a `Trade(pending)` at placement; its first fill opens it (`pending → open`),
+later fills grow it; exit fills reduce it and close it with realized P&L after fees (options × 100).
+`pending → cancelled` when the entry never fills. Status changes and quantity changes are conditional
+UPDATEs guarded by the previous value, so two writers can never both apply.
+"""
+from __future__ import annotations
+
+import logging
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from models import BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade, TradeSide, TradeStatus
+from utils import orders, risk
+from utils.dbtypes import utcnow
+from utils.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from utils.extensions import db
+
+log = logging.getLogger("tradewarden.trades")
+
+T = TradeStatus
+TRADE_TRANSITIONS = {
+    T.PENDING: {T.OPEN, T.CANCELLED},
+    T.OPEN: {T.CLOSING, T.CLOSED},
+    # An exit that fails (rejected, cancelled) hands the position back so the sweep or the user can retry.
+    T.CLOSING: {T.CLOSED, T.OPEN},
+}
+HELD_STATUSES = (T.OPEN, T.CLOSING)
+WORKING_ORDER_STATUSES = (OrderStatus.PENDING, OrderStatus.SUBMITTING, OrderStatus.SUBMITTED,
+                          OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL)
+FINISHED_ORDER_STATUSES = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FAILED,
+                           OrderStatus.REPLACED, OrderStatus.EXPIRED)
+PLACES = Decimal("0.0000000001")
+CLOSE_REASON_FOR_PURPOSE = {OrderPurpose.STOP_LOSS: CloseReason.STOP_LOSS,
+                            OrderPurpose.TAKE_PROFIT: CloseReason.TAKE_PROFIT}
+
+
+def _multiplier(trade: Trade) -> Decimal:
+    return Decimal("100") if str(trade.asset_type) == "option" else Decimal("1")
+
+
+def _sign(trade: Trade) -> Decimal:
+    return Decimal("1") if trade.side == TradeSide.LONG else Decimal("-1")
+
+
+def transition_trade(trade: Trade, new_status: TradeStatus, **values) -> None:
+    """Move a trade with one conditional UPDATE; raises InvalidTransition (nothing written) otherwise."""
+    old_status, new_status = TradeStatus(trade.status), TradeStatus(new_status)
+    if new_status not in TRADE_TRANSITIONS.get(old_status, set()):
+        raise InvalidTransition(f"A trade cannot go from {old_status} to {new_status}.",
+                                details={"from": old_status.value, "to": new_status.value})
+    _guarded_update(trade, {"status": old_status}, status=new_status, **values)
+
+
+def _guarded_update(trade: Trade, expected: dict, **values) -> None:
+    conditions = [getattr(Trade, name) == value for name, value in expected.items()]
+    values["updated_at"] = utcnow()
+    changed = db.session.execute(update(Trade).where(Trade.id == trade.id, *conditions).values(**values)
+                                 .execution_options(synchronize_session=False)).rowcount
+    if changed != 1:
+        raise InvalidTransition("The trade changed meanwhile.", details={"trade_id": trade.id})
+    db.session.flush()
+    for name, value in values.items():
+        set_committed_value(trade, name, value)
+
+
+# --- building trades from orders ----------------------------------------------------------------
+
+def create_pending(order: Order, direction: str) -> Trade:
+    """The trade an entry order will open, with its protective prices (flushes)."""
+    trade = Trade(user_id=order.user_id, broker_connection_id=order.broker_connection_id, symbol=order.symbol,
+                  asset_type=order.asset_type, side=TradeSide(direction), status=T.PENDING,
+                  stop_loss_price=order.stop_loss_price, take_profit_price=order.take_profit_price,
+                  trailing_stop_percent=order.trailing_stop_percent)
+    db.session.add(trade)
+    db.session.flush()
+    return trade
+
+
+def exit_trade_for(user, request) -> Trade:
+    """The open trade an exit order closes (by trade_id, else the only open one in the symbol and direction);
+    raises NotFound / ValidationFailed, and refuses selling more than is held."""
+    if request.trade_id is not None:
+        trade = db.session.scalar(select(Trade).where(Trade.id == request.trade_id, Trade.user_id == user.id))
+        if trade is None:
+            raise NotFound("No such trade.", details={"field": "trade_id"})
+        if trade.symbol != request.symbol or trade.side != request.direction:
+            raise ValidationFailed("This order does not close that trade.", details={"field": "trade_id"})
+    else:
+        trade = _only_open_trade(user, request)
+    if trade.status != T.OPEN:
+        raise Conflict(f"The trade is {trade.status}; it cannot take an exit order.", code="trade.not_open")
+    check_exit_quantity(trade, request.quantity)
+    return trade
+
+
+def _only_open_trade(user, request) -> Trade:
+    candidates = list(db.session.scalars(select(Trade).where(
+        Trade.user_id == user.id, Trade.symbol == request.symbol, Trade.side == request.direction,
+        Trade.status == T.OPEN).limit(2)))
+    if not candidates:
+        raise ValidationFailed(f"You hold no {request.direction} position in {request.symbol} to close.",
+                               details={"field": "quantity"})
+    if len(candidates) > 1:
+        raise ValidationFailed("You have several open trades in this symbol; say which with trade_id.",
+                               details={"field": "trade_id"})
+    return candidates[0]
+
+
+def check_exit_quantity(trade: Trade, quantity: Decimal, exclude_order_id: int | None = None) -> None:
+    """Refuse an exit larger than what is held minus exits already working (ValidationFailed)."""
+    available = closable_quantity(trade, exclude_order_id)
+    if quantity > available:
+        raise ValidationFailed(f"You can close at most {available} of this position.",
+                               details={"field": "quantity", "available": format(available, "f")})
+
+
+def closable_quantity(trade: Trade, exclude_order_id: int | None = None) -> Decimal:
+    """Held quantity not yet covered by working exit orders."""
+    query = select(Order).where(Order.trade_id == trade.id, Order.purpose != OrderPurpose.ENTRY,
+                                Order.status.in_(WORKING_ORDER_STATUSES))
+    if exclude_order_id is not None:
+        query = query.where(Order.id != exclude_order_id)
+    working = sum((order.quantity - order.filled_quantity for order in db.session.scalars(query)), Decimal("0"))
+    return trade.quantity - trade.exit_quantity - working
+
+
+def apply_fill(order: Order, fill) -> None:
+    """Grow (entry) or reduce (exit) the order's trade by one fill (flushes)."""
+    trade = db.session.get(Trade, order.trade_id) if order.trade_id else None
+    if trade is None:
+        return
+    if order.purpose == OrderPurpose.ENTRY:
+        _grow(trade, fill)
+    else:
+        _reduce(trade, order, fill)
+
+
+def _weighted(old_price: Decimal | None, old_quantity: Decimal, price: Decimal, quantity: Decimal) -> Decimal:
+    total = old_quantity + quantity
+    notional = (old_price or Decimal("0")) * old_quantity + price * quantity
+    return (notional / total).quantize(PLACES, rounding=ROUND_HALF_EVEN)
+
+
+def _grow(trade: Trade, fill) -> None:
+    values = {"quantity": trade.quantity + fill.quantity, "fees": trade.fees + fill.fee,
+              "entry_price": _weighted(trade.entry_price, trade.quantity, fill.price, fill.quantity)}
+    if trade.status == T.PENDING:
+        values.update(status=T.OPEN, opened_at=fill.executed_at or utcnow())
+    _guarded_update(trade, {"quantity": trade.quantity, "status": trade.status}, **values)
+
+
+def _reduce(trade: Trade, order: Order, fill) -> None:
+    exit_quantity = trade.exit_quantity + fill.quantity
+    if exit_quantity > trade.quantity:
+        log.warning("trade %s: exit fill %s would exceed the position; recorded on the order only", trade.id,
+                    fill.quantity)
+        return
+    exit_price = _weighted(trade.exit_price, trade.exit_quantity, fill.price, fill.quantity)
+    fees = trade.fees + fill.fee
+    pnl = (exit_price - trade.entry_price) * exit_quantity * _multiplier(trade) * _sign(trade) - fees
+    values = {"exit_quantity": exit_quantity, "exit_price": exit_price, "fees": fees, "realized_pnl": pnl}
+    if exit_quantity == trade.quantity and trade.status in HELD_STATUSES:
+        values.update(status=T.CLOSED, closed_at=fill.executed_at or utcnow(),
+                      close_reason=trade.close_reason or CLOSE_REASON_FOR_PURPOSE.get(order.purpose,
+                                                                                     CloseReason.MANUAL))
+    _guarded_update(trade, {"exit_quantity": trade.exit_quantity, "status": trade.status}, **values)
+
+
+def entry_finished(order: Order) -> None:
+    """Tidy the trade when an order ends: an entry that never filled cancels its trade; a failed exit
+    hands a `closing` trade back to `open` (flushes)."""
+    if order.status not in FINISHED_ORDER_STATUSES or not order.trade_id:
+        return
+    trade = db.session.get(Trade, order.trade_id)
+    if trade is None:
+        return
+    if order.purpose == OrderPurpose.ENTRY:
+        if trade.status == T.PENDING and trade.quantity == 0 and not _has_working_entry(trade, order.id):
+            transition_trade(trade, T.CANCELLED)
+    elif trade.status == T.CLOSING and order.status != OrderStatus.FILLED and trade.exit_quantity < trade.quantity:
+        transition_trade(trade, T.OPEN, close_reason=None)
+
+
+def _has_working_entry(trade: Trade, finished_order_id: int) -> bool:
+    return db.session.scalar(select(Order.id).where(
+        Order.trade_id == trade.id, Order.purpose == OrderPurpose.ENTRY, Order.id != finished_order_id,
+        Order.status.in_(WORKING_ORDER_STATUSES)).limit(1)) is not None
+
+
+# --- user actions -------------------------------------------------------------------------------
+
+def get_trade(user, trade_id) -> Trade:
+    """One of the user's trades; NotFound for unknown ids and other users' trades."""
+    try:
+        trade_id = int(trade_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such trade.") from None
+    trade = db.session.scalar(select(Trade).where(Trade.id == trade_id, Trade.user_id == user.id))
+    if trade is None:
+        raise NotFound("No such trade.")
+    return trade
+
+
+def list_trades(user, *, status=None, cursor=None, limit=50) -> tuple[list[Trade], str | None]:
+    """The user's trades, newest first; ValidationFailed for an unknown status or bad cursor/limit."""
+    query = select(Trade).where(Trade.user_id == user.id)
+    if status not in (None, ""):
+        if status not in T._value2member_map_:
+            raise ValidationFailed(f"status must be one of {', '.join(T._value2member_map_)}.",
+                                   details={"field": "status"})
+        query = query.where(Trade.status == status)
+    return orders.paginate(query, Trade.id, cursor, limit)
+
+
+def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Trade:
+    """Claim `open → closing` (once) and enqueue one market exit for what is still held (flushes).
+    Raises NotFound, Conflict when the trade is not open."""
+    trade = get_trade(user, trade_id)
+    try:
+        transition_trade(trade, T.CLOSING, close_reason=reason)
+    except InvalidTransition:
+        raise Conflict(f"The trade is {trade.status}; only an open trade can be closed.", code="trade.not_open",
+                       details={"status": str(trade.status)}) from None
+    remaining = closable_quantity(trade)
+    if remaining > 0:
+        purpose = {CloseReason.STOP_LOSS: OrderPurpose.STOP_LOSS,
+                   CloseReason.TAKE_PROFIT: OrderPurpose.TAKE_PROFIT}.get(reason, OrderPurpose.EXIT)
+        orders.create_exit_order(trade, remaining, purpose)
+    return trade
+
+
+# --- views --------------------------------------------------------------------------------------
+
+def trade_to_dict(trade: Trade) -> dict:
+    """A trade in the DESIGN §7 shape (decimals as strings, ISO 8601 UTC times)."""
+    decimal_text, iso = orders.decimal_text, orders.iso
+    return {
+        "id": trade.id, "symbol": trade.symbol, "asset_type": str(trade.asset_type), "side": str(trade.side),
+        "quantity": decimal_text(trade.quantity), "exit_quantity": decimal_text(trade.exit_quantity),
+        "status": str(trade.status), "entry_price": decimal_text(trade.entry_price),
+        "exit_price": decimal_text(trade.exit_price), "stop_loss_price": decimal_text(trade.stop_loss_price),
+        "trailing_stop_percent": decimal_text(trade.trailing_stop_percent),
+        "take_profit_price": decimal_text(trade.take_profit_price), "fees": decimal_text(trade.fees),
+        "close_reason": trade.close_reason and str(trade.close_reason),
+        "realized_pnl": decimal_text(trade.realized_pnl), "opened_at": iso(trade.opened_at),
+        "closed_at": iso(trade.closed_at),
+    }
+
+
+def positions(user) -> list[dict]:
+    """Open trades with their current quote and unrealized P&L (None when there is no quote)."""
+    from utils.brokers import get_broker
+    held = list(db.session.scalars(select(Trade).where(Trade.user_id == user.id, Trade.status.in_(HELD_STATUSES))
+                                   .order_by(Trade.id)))
+    quotes = {}
+    for connection_id in {trade.broker_connection_id for trade in held}:
+        broker = get_broker(db.session.get(BrokerConnection, connection_id))
+        symbols = sorted({trade.symbol for trade in held if trade.broker_connection_id == connection_id})
+        quotes.update({(connection_id, symbol): quote for symbol, quote in broker.get_quotes(symbols).items()})
+    return [_position(trade, quotes.get((trade.broker_connection_id, trade.symbol))) for trade in held]
+
+
+def _position(trade: Trade, quote) -> dict:
+    decimal_text, iso = orders.decimal_text, orders.iso
+    remaining = trade.quantity - trade.exit_quantity
+    price = quote.last if quote else None
+    unrealized = None
+    if price is not None and trade.entry_price is not None:
+        unrealized = (price - trade.entry_price) * remaining * _multiplier(trade) * _sign(trade)
+    return {**trade_to_dict(trade), "open_quantity": decimal_text(remaining), "market_price": decimal_text(price),
+            "quote_as_of": iso(quote.as_of) if quote else None,
+            "market_value": decimal_text(price * remaining * _multiplier(trade)) if price is not None else None,
+            "unrealized_pnl": decimal_text(unrealized)}
+
+
+def account_summary(user) -> dict:
+    """Cash, buying power and equity from the user's default broker account, plus today's realized P&L."""
+    from utils.brokers import get_broker
+    decimal_text = orders.decimal_text
+    account = get_broker(orders.connection_for(user, None)).get_account()
+    open_count = db.session.scalar(select(func.count(Trade.id)).where(Trade.user_id == user.id,
+                                                                      Trade.status.in_(HELD_STATUSES)))
+    return {"cash": decimal_text(account.cash), "buying_power": decimal_text(account.buying_power),
+            "equity": decimal_text(account.equity), "currency": account.currency,
+            "realized_pnl_today": decimal_text(risk.realized_pnl_today(user.id)),
+            "open_positions": open_count or 0}
