@@ -128,6 +128,27 @@ BEAT_SCHEDULE["orders-recover"] = {"task": jobs.ORDERS_RECOVER, "schedule": 15.0
 
 
 
+# --- stop-loss (section owner: stop-loss guard) ----------------------------------------------
+# shared_task: registered on every Celery app, so a test's in-process worker runs them too.
+from celery import shared_task  # noqa: E402  (each section keeps its imports)
+
+from utils import stoploss  # noqa: E402
+
+
+@shared_task(name=jobs.STOPLOSS_SWEEP)
+def stoploss_sweep() -> dict:
+    """Beat: check open trades with a stop or take-profit against one batched quote read; close breaches once."""
+    summary = stoploss.sweep(commit=db.session.commit)
+    db.session.commit()
+    return summary
+
+
+_STOPLOSS_INTERVAL = float(flask_app.config["STOPLOSS_INTERVAL_SECONDS"])
+# expires: a sweep that waited a whole interval in the queue is superseded by the next one.
+BEAT_SCHEDULE["stoploss-sweep"] = {"task": jobs.STOPLOSS_SWEEP, "schedule": _STOPLOSS_INTERVAL,
+                                   "options": {"expires": max(_STOPLOSS_INTERVAL, 5.0)}}
+
+
 # --- broker links (section owner: broker linking) --------------------------------------------
 from celery import shared_task  # noqa: E402  (each section keeps its imports)
 

@@ -39,7 +39,7 @@ def connect(broker):
 @login_required
 def callback(broker):
     try:
-        connection = broker_links.complete_oauth2_link(current_user, broker)
+        connection = broker_links.complete_link_from_callback(current_user, broker)
     except broker_links.LinkFailed as error:
         flash(error.message, "error")
         return redirect(url_for("brokers_page.index"))

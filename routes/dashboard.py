@@ -7,7 +7,7 @@ from flask import Blueprint, render_template
 from flask_login import current_user, login_required
 
 from routes.orders import OPEN_STATUSES
-from utils import orders, trades
+from utils import orders, stoploss, trades
 from utils.errors import DomainError
 
 bp = Blueprint("dashboard", __name__)
@@ -27,4 +27,5 @@ def index():
         log.warning("dashboard: account unavailable for user %s: %s", current_user.id, error.code)
         broker_problem = error.message
     return render_template("dashboard.html", account=account, positions=positions, recent_orders=recent,
-                           broker_problem=broker_problem, open_statuses=OPEN_STATUSES)
+                           broker_problem=broker_problem, open_statuses=OPEN_STATUSES,
+                           stoploss_guard=stoploss.guard_status(current_user))  # stop-loss guard card (issue 5)

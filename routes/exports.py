@@ -1,7 +1,7 @@
 """/exports: download your trade history, share a redacted copy, run and download background export jobs."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, jsonify, make_response, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import DateField, IntegerField, SelectField, StringField

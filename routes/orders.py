@@ -97,6 +97,8 @@ class OrderTicketForm(FlaskForm):
     time_in_force = SelectField("Time in force", choices=choices(("day", "Day"), ("gtc", "Good till cancelled")))
     stop_loss_price = DecimalField("Stop-loss price", places=None, validators=[Optional(), POSITIVE])
     take_profit_price = DecimalField("Take-profit price", places=None, validators=[Optional(), POSITIVE])
+    # Stop-loss guard (issue 5, stop-loss engineer): a trailing stop set at entry.
+    trailing_stop_percent = DecimalField("Trailing stop (%)", places=None, validators=[Optional(), POSITIVE])
     client_order_id = HiddenField(validators=[Length(max=64)])
     submit = SubmitField("Place order")
 
@@ -114,7 +116,7 @@ class OrderTicketForm(FlaskForm):
     def to_request(self) -> dict:
         """The validated ticket as an order request for utils.orders.place_order (decimals as strings)."""
         names = ("symbol", "side", "quantity", "limit_price", "stop_price", "time_in_force", "stop_loss_price",
-                 "take_profit_price", "client_order_id")
+                 "take_profit_price", "client_order_id", "trailing_stop_percent")
         values = {name: getattr(self, name).data for name in names}
         values["symbol"] = values["symbol"].strip().upper()
         values["type"] = self.order_type.data

@@ -42,3 +42,40 @@ def close(trade_id: int):
     db.session.commit()
     flash(f"Closing trade #{trade.id} ({trade.symbol}): a market exit order is on its way.", "success")
     return redirect(url_for("trades.index"))
+
+
+# --- stop-loss guard (issue 5, stop-loss engineer): the protection form of one open trade --------------
+
+from flask_wtf import FlaskForm  # noqa: E402
+from wtforms import StringField, SubmitField  # noqa: E402
+from wtforms.validators import Length  # noqa: E402
+
+
+class ProtectionForm(FlaskForm):
+    """Stop-loss, trailing percent and take-profit of an open trade; a blank field clears it."""
+
+    stop_loss_price = StringField("Stop-loss price", validators=[Length(max=32)])
+    trailing_stop_percent = StringField("Trailing stop (%)", validators=[Length(max=8)])
+    take_profit_price = StringField("Take-profit price", validators=[Length(max=32)])
+    submit = SubmitField("Save")
+
+
+@bp.route(f"/<{ID_RULE}:trade_id>/stop-loss", methods=["GET", "POST"])
+@login_required
+def protection(trade_id: int):
+    from utils import stoploss
+    trade = trades.get_trade(current_user, trade_id)
+    form = ProtectionForm(data=stoploss.protection_form_data(trade))
+    if form.validate_on_submit():
+        try:
+            stoploss.update_protection(current_user, trade_id, {name: form[name].data.strip() or None
+                                                                for name in stoploss.PROTECTION_FIELDS})
+            db.session.commit()
+            flash(f"Trade #{trade_id}: protection saved.", "success")
+            return redirect(url_for("trades.protection", trade_id=trade_id))
+        except DomainError as error:
+            if error.status == 404:
+                raise
+            db.session.rollback()
+            flash(error.message, "error")
+    return render_template("stoploss/protection.html", trade=trades.trade_to_dict(trade), form=form)

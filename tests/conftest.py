@@ -153,9 +153,25 @@ def app(app_config, redis_server):
     redis_server.flush()
     application = create_app(app_config)
     with application.app_context():
+        _reset_process_wide_limiter_state()
         yield application
         _db.session.remove()
         _db.engine.dispose()
+
+
+def _reset_process_wide_limiter_state() -> None:
+    """Flask-Limiter keeps some state on its one process-wide object across `init_app` calls: "storage
+    is down" and default limits from an earlier app's RATELIMIT_DEFAULT. A real process builds one app,
+    so only tests need this: one test's outage or default limit must not leak into the next."""
+    from utils.extensions import limiter
+    limiter._storage_dead = False
+    if not limiter_default_configured():
+        limiter.limit_manager.set_default_limits([])
+
+
+def limiter_default_configured() -> bool:
+    from flask import current_app
+    return bool(current_app.config.get("RATELIMIT_DEFAULT"))
 
 
 @pytest.fixture

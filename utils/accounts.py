@@ -64,7 +64,8 @@ def password_problems(password: str, email: str = "") -> list[str]:
 
 def _is_common(password: str, email: str) -> bool:
     from zxcvbn import zxcvbn
-    user_inputs = [part for part in email.replace("@", " ").replace(".", " ").split() if part]
+    local_part = email.split("@")[0]
+    user_inputs = [email, local_part, *(part for part in email.replace("@", " ").replace(".", " ").split() if part)]
     # zxcvbn refuses input over 72 characters; the first 72 of a longer password are a fair sample.
     return zxcvbn(password[:ZXCVBN_MAX], user_inputs=user_inputs)["score"] < 3
 

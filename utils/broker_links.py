@@ -41,17 +41,22 @@ def start_link(unsafe_broker: str):
     return oauth.registry().create_client(broker).authorize_redirect(oauth.redirect_uri(broker))
 
 
-def complete_oauth2_link(user, unsafe_broker: str) -> BrokerConnection:
-    """Exchange the callback's code (with its PKCE verifier) for tokens, store them encrypted with the
+def complete_link_from_callback(user, unsafe_broker: str) -> BrokerConnection:
+    """Finish a link from the broker's redirect: OAuth 2.0 code exchange with its PKCE verifier, or
+    E*TRADE's `oauth_verifier` when E*TRADE has a callback URL on file. Stores tokens encrypted with the
     accounts; flushes. Raises LinkFailed (after an audit event) on a denied, forged or replayed answer."""
     broker = require_configured(unsafe_broker)
+    if broker == "etrade":
+        from flask import request
+        from utils.brokers import etrade
+        return etrade.complete_link(user, request.args.get("oauth_verifier", "")[:32])
     try:
         token = oauth.registry().create_client(broker).authorize_access_token()
     except MismatchingStateError:
-        _fail(user, broker, "state_mismatch",
+        fail_link(user, broker, "state_mismatch",
               "The answer from the broker did not match a link you started (it may be old or forged). Try again.")
     except OAuthError as error:
-        _fail(user, broker, error.error or "oauth_error",
+        fail_link(user, broker, error.error or "oauth_error",
               f"{oauth.DISPLAY_NAMES[broker]} did not link the account: {error.description or error.error}.")
     return store_connection(user, broker, dict(token))
 
@@ -67,7 +72,7 @@ def store_connection(user, broker: str, token: dict) -> BrokerConnection:
         accounts = get_broker(connection).linked_accounts()
     except BrokerError as error:
         db.session.rollback()
-        _fail(user, broker, "accounts_unavailable", f"Linked, but the accounts could not be read: {error.message}")
+        fail_link(user, broker, "accounts_unavailable", f"Linked, but the accounts could not be read: {error.message}")
     for found in accounts:
         db.session.add(BrokerAccount(user_id=user.id, connection=connection, account_number=found.number,
                                      account_hash=found.account_hash, last4=found.number[-4:],
@@ -86,7 +91,8 @@ def _token_fields(broker: str, token: dict):
     return oauth.token_json(token)
 
 
-def _fail(user, broker: str, reason: str, message: str):
+def fail_link(user, broker: str, reason: str, message: str):
+    """Audit a failed link in its own transaction, then raise LinkFailed with a message for the user."""
     audit.record_safely("broker.link_failed", user=getattr(user, "id", None),
                         details={"broker": broker, "reason": reason})
     raise LinkFailed(message)

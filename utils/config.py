@@ -185,6 +185,7 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "PAPER_STARTING_CASH": env.get("PAPER_STARTING_CASH", "100000").strip(),
         "API_KEY_ROTATION_GRACE_HOURS": _int(env, "API_KEY_ROTATION_GRACE_HOURS", 24, minimum=0, maximum=168),
         "API_RATE_LIMIT": env.get("API_RATE_LIMIT", "600/minute").strip(),
+        "SHARE_LINK_RATE_LIMIT": env.get("SHARE_LINK_RATE_LIMIT", "30/minute").strip(),  # exports: per client IP
         # orders (issue 4): when a pending/submitting order counts as stuck for the recovery sweep, and a
         # test-only fault injection that pauses between the broker call and the commit (0 = off).
         "ORDERS_STUCK_AFTER_SECONDS": _int(env, "ORDERS_STUCK_AFTER_SECONDS", 30, minimum=1),

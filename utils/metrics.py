@@ -79,4 +79,6 @@ class _SweepCollector:
 def _sweep_metrics() -> bytes:
     registry = CollectorRegistry()
     registry.register(_SweepCollector())
+    from utils.stoploss import SweepCollector  # stop-loss engineer (issue 5): the stoploss_* metrics
+    registry.register(SweepCollector())
     return generate_latest(registry)

@@ -228,12 +228,6 @@ def realized_pnl_today(user_id: int) -> Decimal:
     return sum(values, Decimal("0"))
 
 
-def order_price(order: Order) -> Decimal:
-    """The best known unit price of an order: its fills, else its limit/stop, else the estimate at placement."""
-    return (order.average_fill_price or order.limit_price or order.stop_price or order.estimated_price
-            or Decimal("0"))
-
-
 def _multiplier(asset_type) -> Decimal:
     return Decimal("100") if str(asset_type) == "option" else Decimal("1")
 

@@ -20,6 +20,7 @@ from utils import audit
 from utils.extensions import db, login_manager
 
 TOUCH_INTERVAL = timedelta(seconds=60)
+COOKIELESS_BLUEPRINTS = {"health", "api"}
 
 
 def init_app(app) -> None:
@@ -47,8 +48,9 @@ def _forget_csrf_token() -> None:
 
 
 def _load_user_early() -> None:
-    """Resolve the signed-in user before the view runs, so the loader's touch-commit never commits view work."""
-    if request.endpoint != "static" and "_user_id" in session:
+    """Resolve the signed-in user (session or remember cookie) before the view runs, so the loader's
+    last-seen commit can never commit half-done view work. Probes, the token API and files are skipped."""
+    if request.endpoint != "static" and (request.blueprint or "").split(".")[0] not in COOKIELESS_BLUEPRINTS:
         current_user._get_current_object()
 
 

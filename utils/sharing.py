@@ -124,7 +124,9 @@ def use_link(unsafe_token) -> exports.ExportPlan:
         raise _gone(link)
     ACCESSES.labels("served").inc()
     exports.GENERATED.labels(link.format.value, "share").inc()
-    audit.record("export.share_accessed", user=link.user_id, details={"share_link_id": link.id})
+    exports.DOWNLOADED.labels(link.format.value).inc()
+    audit.record("export.share_accessed", user=link.user_id,
+                 details={"share_link_id": link.id, "accessed_by": "public"})
     return exports.ExportPlan(user_id=link.user_id, format=ExportFormat(link.format),
                               filters=exports.parse_filters(link.filters), redacted=True,
                               max_trade_id=link.max_trade_id, generated_at=now)

@@ -124,6 +124,9 @@ def closable_quantity(trade: Trade, exclude_order_id: int | None = None) -> Deci
                                 Order.status.in_(WORKING_ORDER_STATUSES))
     if exclude_order_id is not None:
         query = query.where(Order.id != exclude_order_id)
+    # Stop-loss guard (issue 5, stop-loss engineer): a broker-side stop only protects what is held (it is
+    # resized after exits and cancelled before a close), so it does not use up closable quantity.
+    query = query.where(~((Order.purpose == OrderPurpose.STOP_LOSS) & (Order.order_type == "stop")))
     working = sum((order.quantity - order.filled_quantity for order in db.session.scalars(query)), Decimal("0"))
     return trade.quantity - trade.exit_quantity - working
 
@@ -151,6 +154,9 @@ def _grow(trade: Trade, fill) -> None:
     if trade.status == T.PENDING:
         values.update(status=T.OPEN, opened_at=fill.executed_at or utcnow())
     _guarded_update(trade, {"quantity": trade.quantity, "status": trade.status}, **values)
+    # Stop-loss guard (issue 5, stop-loss engineer): place or resize the broker-side stop for the grown trade.
+    from utils import stoploss
+    stoploss.on_entry_filled(trade)
 
 
 def _reduce(trade: Trade, order: Order, fill) -> None:
@@ -168,6 +174,9 @@ def _reduce(trade: Trade, order: Order, fill) -> None:
                       close_reason=trade.close_reason or CLOSE_REASON_FOR_PURPOSE.get(order.purpose,
                                                                                      CloseReason.MANUAL))
     _guarded_update(trade, {"exit_quantity": trade.exit_quantity, "status": trade.status}, **values)
+    # Stop-loss guard (issue 5, stop-loss engineer): shrink the broker-side stop to what is still held.
+    from utils import stoploss
+    stoploss.on_exit_filled(trade)
 
 
 def entry_finished(order: Order) -> None:
@@ -183,6 +192,9 @@ def entry_finished(order: Order) -> None:
             transition_trade(trade, T.CANCELLED)
     elif trade.status == T.CLOSING and order.status != OrderStatus.FILLED and trade.exit_quantity < trade.quantity:
         transition_trade(trade, T.OPEN, close_reason=None)
+        # Stop-loss guard (issue 5, stop-loss engineer): the close cancelled the broker-side stop; put it back.
+        from utils import stoploss
+        stoploss.on_exit_filled(trade)
 
 
 def _has_working_entry(trade: Trade, finished_order_id: int) -> bool:
@@ -225,6 +237,11 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
     except InvalidTransition:
         raise Conflict(f"The trade is {trade.status}; only an open trade can be closed.", code="trade.not_open",
                        details={"status": str(trade.status)}) from None
+    # Stop-loss guard (issue 5, stop-loss engineer): cancel the broker-side stop first; if it already
+    # filled, that fill closed the trade and no other exit is sent.
+    from utils import stoploss
+    if stoploss.cancel_broker_stop(trade):
+        return trade
     remaining = closable_quantity(trade)
     if remaining > 0:
         purpose = {CloseReason.STOP_LOSS: OrderPurpose.STOP_LOSS,

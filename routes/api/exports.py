@@ -4,11 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, redirect, request, stream_with_context
 
 from utils import api_auth, exports, sharing, storage
+from utils.errors import ValidationFailed
 from utils.extensions import client_ip, db
 from utils.openapi import error_responses, json_body, json_response, path_id, ref
 
 bp = Blueprint("exports", __name__)
 
+ID_RULE = "int(min=1, max=9223372036854775807)"
 SHARE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
 
 
@@ -38,7 +40,6 @@ def create_export():
 
 
 def _reject_share_options(body: dict) -> None:
-    from utils.errors import ValidationFailed
     if body.get("create_share_link") not in (None, False):
         raise ValidationFailed("create_share_link must be a boolean.", details={"field": "create_share_link"})
     for name in ("expires_in_hours", "max_accesses"):
@@ -83,16 +84,17 @@ def list_share_links():
 def create_export_job():
     body = api_auth.json_object_body({"format", "filters"})
     job = exports.create_job(g.api_user, body.get("format", "csv"), body.get("filters"))
+    accepted = exports.serialize_job(job)  # as accepted: the worker may claim it as soon as we commit
     db.session.commit()
-    return jsonify(exports.serialize_job(job)), 202
+    return jsonify(accepted), 202
 
 
-@bp.get("/export-jobs/<int:job_id>")
+@bp.get(f"/export-jobs/<{ID_RULE}:job_id>")
 def get_export_job(job_id: int):
     return jsonify(exports.serialize_job(exports.get_job(g.api_user, job_id)))
 
 
-@bp.get("/export-jobs/<int:job_id>/download")
+@bp.get(f"/export-jobs/<{ID_RULE}:job_id>/download")
 def download_export_job(job_id: int):
     stored = exports.job_file(g.api_user, job_id)
     db.session.commit()
@@ -159,7 +161,8 @@ OPENAPI_SCHEMAS = {
         "format": {"type": "string", "enum": ["csv", "json", "zip"], "default": "csv"},
         "filters": {"anyOf": [ref("ExportFilters"), {"type": "null"}]}}},
     "ExportJob": {"type": "object", "required": ["id", "format", "status", "rows_done", "rows_total", "percent"],
-                  "properties": {"id": {"type": "integer"}, "format": {"type": "string", "enum": ["csv", "json", "zip"]},
+                  "properties": {"id": {"type": "integer"},
+                                 "format": {"type": "string", "enum": ["csv", "json", "zip"]},
                                  "status": {"type": "string",
                                             "enum": ["queued", "running", "done", "failed", "expired"]},
                                  "filters": {"type": "object"}, "rows_done": {"type": "integer"},

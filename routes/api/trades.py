@@ -32,6 +32,16 @@ def close(trade_id: int):
     return jsonify(trades.trade_to_dict(trade)), 202
 
 
+# Stop-loss guard (issue 5, stop-loss engineer): change an open trade's stop, trailing percent and take-profit.
+@bp.put(f"/trades/<{ID_RULE}:trade_id>/stop-loss")
+def update_stop_loss(trade_id: int):
+    from utils import stoploss
+    from utils.api_auth import json_object_body
+    trade = stoploss.update_protection(g.api_user, trade_id, json_object_body(set(stoploss.PROTECTION_FIELDS)))
+    db.session.commit()
+    return jsonify(trades.trade_to_dict(trade))
+
+
 @bp.get("/positions")
 def positions():
     return jsonify({"items": trades.positions(g.api_user), "next_cursor": None})
@@ -115,6 +125,25 @@ OPENAPI_PATHS = {
             "summary": "Close an open trade with a market exit order (the worker executes it).",
             "responses": {"202": json_response("Closing: the exit order is queued.", ref("Trade")),
                           **error_responses(401, 404, 409, 422, 429, 503)},
+        },
+    },
+    # Stop-loss guard (issue 5, stop-loss engineer).
+    "/trades/{trade_id}/stop-loss": {
+        "parameters": [_TRADE_ID],
+        "put": {
+            "tags": ["trades"], "operationId": "updateTradeStopLoss",
+            "summary": "Set or clear an open trade's stop-loss, trailing stop percent and take-profit.",
+            "description": "Fields left out keep their value; null clears one. A long's stop must be below the "
+                           "current bid and its take-profit above it (a short's the other way round), else 422. "
+                           "The broker-side stop order is replaced to match.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "properties": {"stop_loss_price": {"type": ["string", "number", "null"]},
+                               "trailing_stop_percent": {"type": ["string", "number", "null"],
+                                                         "description": "0 < percent <= 99"},
+                               "take_profit_price": {"type": ["string", "number", "null"]}}}}}},
+            "responses": {"200": json_response("The trade with its new protection.", ref("Trade")),
+                          **error_responses(400, 401, 404, 409, 413, 422, 429, 503)},
         },
     },
     "/positions": {

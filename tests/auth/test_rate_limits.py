@@ -42,7 +42,8 @@ def test_a_rate_limited_form_post_is_a_page_even_with_a_same_site_referer(client
         _sign_in_attempt(client, user.email, ip=f"10.0.2.{n}")
     page = client.get("/auth/login")
     response = client.post("/auth/login", headers={"Referer": "http://localhost/auth/login"},
-                           data={"email": user.email, "password": "x", "csrf_token": csrf_token_from(page.get_data(as_text=True))})
+                           data={"email": user.email, "password": "x",
+                                 "csrf_token": csrf_token_from(page.get_data(as_text=True))})
     _assert_rate_limit_page(response)
 
 

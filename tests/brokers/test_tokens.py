@@ -130,3 +130,16 @@ def test_raw_database_holds_no_plaintext_token_or_account_number(link, db):
     for secret in secrets + ["123456789", "987654321", "8bfc20d7-f7c6-4422-bf07-8243ca4169fe"]:
         assert secret not in raw
     assert "6789" in raw  # only the last four digits are kept in clear, for the masked display
+
+
+def test_coinbase_invalid_grant_marks_link_expired_and_orders_fail_clearly(link, db, fakes):
+    from tests.fakes import coinbase as fake
+    fakes["coinbase"].control(access_ttl=60)
+    link("coinbase")
+    refresh = json.loads(_connection(db).token_set)["refresh_token"]
+    requests.post(fakes["coinbase"].url + "/oauth2/revoke", timeout=5, data={  # the user revoked us at Coinbase
+        "token": refresh, "client_id": fake.CLIENT_ID, "client_secret": fake.CLIENT_SECRET})
+    with pytest.raises(BrokerAuthExpired) as caught:
+        get_broker(_connection(db)).get_quotes(["BTC-USD"])
+    assert "invalid_grant" in caught.value.message and caught.value.status == 409
+    assert _connection(db).status.value == "expired"

@@ -17,6 +17,26 @@ import requests
 _serial = itertools.count(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_tasks(redis_server, tmp_path_factory):
+    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too).
+
+    worker.py builds its own app from the environment at import, so it gets a throwaway configuration.
+    """
+    import os
+
+    from tests.conftest import base_config
+    scratch = tmp_path_factory.mktemp("exports-worker-import")
+    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
+    saved = dict(os.environ)
+    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
+    try:
+        import worker  # noqa: F401
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @dataclass
 class History:
     """What make_history wrote, including every identifier a redacted export must not contain."""
@@ -55,8 +75,9 @@ def make_history(db):
         for index in range(count):
             opened = start + timedelta(days=index, seconds=index)
             pnl = Decimal("-12.5") if index % 2 else Decimal("40.125")
-            trade = Trade(user_id=user.id, broker_connection_id=connection.id, symbol=symbol, asset_type=AssetType.EQUITY,
-                          side=TradeSide.LONG, status=status, quantity=Decimal("10"), exit_quantity=Decimal("10"),
+            trade = Trade(user_id=user.id, broker_connection_id=connection.id, symbol=symbol,
+                          asset_type=AssetType.EQUITY, side=TradeSide.LONG, status=status, quantity=Decimal("10"),
+                          exit_quantity=Decimal("10"),
                           entry_price=Decimal("101.25"), exit_price=Decimal("100.000001"), fees=Decimal("0.35"),
                           stop_loss_price=Decimal("95"), take_profit_price=Decimal("120.5"),
                           close_reason=CloseReason.MANUAL if status == TradeStatus.CLOSED else None,
@@ -68,7 +89,8 @@ def make_history(db):
             for purpose, side in ((OrderPurpose.ENTRY, OrderSide.BUY), (OrderPurpose.EXIT, OrderSide.SELL)):
                 serial = next(_serial)
                 order = Order(user_id=user.id, broker_connection_id=connection.id,
-                              client_order_id=f"cli-{secrets.token_hex(8)}", broker_order_id=f"brk-{secrets.token_hex(8)}",
+                              client_order_id=f"cli-{secrets.token_hex(8)}",
+                              broker_order_id=f"brk-{secrets.token_hex(8)}",
                               symbol=symbol, asset_type=AssetType.EQUITY, side=side, instruction=side.value.upper(),
                               order_type=OrderType.MARKET, quantity=Decimal("10"), time_in_force=TimeInForce.DAY,
                               purpose=purpose, status=OrderStatus.FILLED, filled_quantity=Decimal("10"),
@@ -76,8 +98,9 @@ def make_history(db):
                 db.session.add(order)
                 db.session.flush()
                 history.orders.append(order)
-                fill = Fill(user_id=user.id, order_id=order.id, broker_execution_id=f"exe-{serial}-{secrets.token_hex(6)}",
-                            quantity=Decimal("10"), price=Decimal("101.25"), fee=Decimal("0.175"), executed_at=opened)
+                fill = Fill(user_id=user.id, order_id=order.id,
+                            broker_execution_id=f"exe-{serial}-{secrets.token_hex(6)}", quantity=Decimal("10"),
+                            price=Decimal("101.25"), fee=Decimal("0.175"), executed_at=opened)
                 db.session.add(fill)
                 db.session.flush()
                 history.fills.append(fill)
@@ -129,19 +152,6 @@ def moto_server(tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=10)
-
-
-@pytest.fixture
-def s3_env(monkeypatch, moto_server):
-    # Explicit dummy credentials: boto3 never looks for instance metadata (a non-loopback address).
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    bucket = f"exports-{os.getpid()}-{time.monotonic_ns()}"
-    store = storage.S3Storage(bucket, moto_server)
-    store.client.create_bucket(Bucket=bucket)
-    return store
 
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

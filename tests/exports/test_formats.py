@@ -136,7 +136,8 @@ def test_export_contains_only_the_callers_trades(client, owner, headers, make_us
     assert [trade["symbol"] for trade in document["trades"]] == ["MINE"]
 
 
-@pytest.mark.parametrize("body", [{"format": "xlsx"}, {"filters": {"status": "won"}}, {"filters": {"date_from": "x"}},
+@pytest.mark.parametrize("body", [{"format": "xlsx"}, {"format": {}}, {"filters": {"status": "won"}},
+                                  {"filters": {"status": {}}}, {"filters": {"date_from": "x"}},
                                   {"filters": {"date_from": "2026-02-02", "date_to": "2026-01-01"}},
                                   {"filters": {"nope": 1}}, {"filters": "AAPL"}, {"max_accesses": 2},
                                   {"create_share_link": True, "max_accesses": 101},
@@ -159,3 +160,11 @@ def test_direct_export_is_audited_and_counted(client, db, owner, headers, make_h
     assert GENERATED.labels("csv", "direct")._value.get() == before + 1
     events = db.session.scalars(select(AuditEvent.event_type).where(AuditEvent.user_id == owner.id)).all()
     assert "export.downloaded" in events
+
+
+def test_export_metrics_are_exposed(client, owner, headers):
+    _export(client, headers, format="json")
+    text = client.get("/health/metrics").get_data(as_text=True)
+    assert 'exports_generated_total{format="json",type="direct"}' in text
+    assert 'exports_downloaded_total{format="json"}' in text
+    assert "share_link_accesses_total" in text

@@ -40,7 +40,8 @@ def test_zip_job_progress_counts_every_file(client, owner, headers, make_history
     job_id = client.post("/api/v1/export-jobs", json={"format": "zip"}, headers=headers).get_json()["id"]
     job = _finished(client, headers, job_id)
     assert (job["status"], job["rows_done"], job["rows_total"]) == ("done", 12, 12)  # 2 csv + 2 json + 4 + 4
-    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/export-jobs/{job_id}/download", headers=headers).get_data()))
+    download = client.get(f"/api/v1/export-jobs/{job_id}/download", headers=headers)
+    archive = zipfile.ZipFile(io.BytesIO(download.get_data()))
     assert json.loads(archive.read("manifest.json"))["files"]["orders.csv"]["rows"] == 4
 
 
@@ -77,3 +78,34 @@ def test_every_export_task_is_registered_and_cleanup_is_scheduled(app):
     import worker
     assert {jobs.EXPORTS_BUILD, jobs.EXPORTS_CLEANUP} <= set(worker.celery.tasks)
     assert worker.BEAT_SCHEDULE["exports-cleanup"]["task"] == jobs.EXPORTS_CLEANUP
+
+
+def test_job_progress_is_committed_batch_by_batch(db, owner, make_history):
+    """Another connection sees rows_done grow while the job runs (what the page and the API poll)."""
+    from sqlalchemy import insert, text
+
+    from models import Trade
+    from utils import exports
+    history = make_history(owner, count=1)
+    template = {column.name: getattr(history.trades[0], column.name) for column in Trade.__table__.columns
+                if column.name != "id"}
+    db.session.execute(insert(Trade), [dict(template) for _ in range(exports.BATCH_SIZE * 2)])
+    job = exports.create_job(owner, "csv", None)
+    db.session.commit()
+    assert exports.claim_job(job.id)
+    db.session.commit()
+    seen = []
+
+    def commit_and_look():
+        db.session.commit()
+        with db.engine.connect() as other:
+            query = text("SELECT rows_done FROM export_jobs WHERE id = :id")
+            seen.append(other.execute(query, {"id": job.id}).scalar())
+
+    exports.run_job(job.id, commit=commit_and_look)
+    db.session.commit()
+    total = exports.BATCH_SIZE * 2 + 1
+    assert seen == [0, exports.BATCH_SIZE, exports.BATCH_SIZE * 2, total]
+    db.session.expire_all()
+    finished = db.session.get(ExportJob, job.id)
+    assert (finished.status.value, finished.rows_total) == ("done", total)

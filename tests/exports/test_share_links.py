@@ -51,7 +51,8 @@ def test_redacted_zip_leaves_no_identifier_of_the_owner(client, db, owner, heade
     trades = list(csv.DictReader(io.StringIO(archive.read("trades.csv").decode())))
     assert [trade["id"] for trade in trades] == ["TRADE_1", "TRADE_2", "TRADE_3"]
     assert trades[1]["realized_pnl"] == "-12.5" and trades[0]["strategy_tag"] == "swing"
-    assert {"symbol", "side", "quantity", "entry_price", "exit_price", "fees", "opened_at", "closed_at"} <= set(trades[0])
+    kept = {"symbol", "side", "quantity", "entry_price", "exit_price", "fees", "realized_pnl", "opened_at", "closed_at"}
+    assert kept <= set(trades[0])
     orders = list(csv.DictReader(io.StringIO(archive.read("orders.csv").decode())))
     assert {order["trade"] for order in orders} == {"TRADE_1", "TRADE_2", "TRADE_3"}
     headers_seen = set(orders[0]) | set(trades[0])

@@ -39,6 +39,17 @@ def test_local_storage_round_trips_under_its_root(tmp_path):
     assert not local.exists(key)
 
 
+@pytest.fixture
+def s3_env(monkeypatch, moto_server):
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = f"exports-{os.getpid()}-{time.monotonic_ns()}"
+    store = storage.S3Storage(bucket, moto_server)
+    store.client.create_bucket(Bucket=bucket)
+    return store
+
+
 def test_s3_storage_saves_reads_and_deletes(s3_env):
     key = storage.new_key("csv")
     size, digest = s3_env.save(key, [b"a,b\r\n", b"1,2\r\n"], "text/csv")

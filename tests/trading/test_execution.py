@@ -186,18 +186,20 @@ def test_two_racing_orders_cannot_both_pass_a_limit(app, db, user, set_price):
     from utils import orders
     from utils.errors import RiskLimitExceeded
     set_price("AAPL", "100")
-    barrier, outcomes = threading.Barrier(2), []
+    barrier, outcomes, user_id = threading.Barrier(2), [], user.id  # the fixture's row belongs to this thread
 
     def place(number):
         with app.app_context():
-            racer = db.session.get(User, user.id)
-            barrier.wait()
             try:
+                racer = db.session.get(User, user_id)
+                barrier.wait(timeout=30)
                 orders.place_order(racer, {"symbol": "AAPL", "side": "buy", "quantity": "150", "type": "market",
                                            "stop_loss_price": "99", "client_order_id": f"race-{number}"})
                 outcomes.append("placed")
             except RiskLimitExceeded as error:
                 outcomes.append(error.code)
+            except Exception as error:  # any other outcome is a failure, shown in the assertion
+                outcomes.append(repr(error))
             finally:
                 db.session.remove()
 
@@ -207,7 +209,7 @@ def test_two_racing_orders_cannot_both_pass_a_limit(app, db, user, set_price):
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(outcomes) == ["placed", "risk.concentration"]
-    assert db.session.scalar(select(func.count(Order.id)).where(Order.user_id == user.id)) == 1
+    assert db.session.scalar(select(func.count(Order.id)).where(Order.user_id == user_id)) == 1
 
 
 def test_every_task_name_is_registered_and_scheduled(app):

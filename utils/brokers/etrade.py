@@ -85,14 +85,14 @@ def complete_link(user, verifier: str) -> BrokerConnection:
     from utils import broker_links
     pending = _pending()
     session.pop(PENDING_KEY, None)  # a request token is single use, whatever happens next
-    if not pending:
-        broker_links._fail(user, "etrade", "no_pending_link", "No E*TRADE link is in progress; start again.")
+    if not pending or not verifier:
+        broker_links.fail_link(user, "etrade", "no_pending_link", "No E*TRADE link is in progress; start again.")
     client = OAuth1Session(_config("CONSUMER_KEY"), _config("CONSUMER_SECRET"), token=pending["token"],
                            token_secret=pending["secret"])
     try:
         token = client.fetch_access_token(_api("/oauth/access_token"), verifier=verifier, timeout=15)
     except (OAuthError, requests.RequestException, ValueError):
-        broker_links._fail(user, "etrade", "verifier_refused",
+        broker_links.fail_link(user, "etrade", "verifier_refused",
                            "E*TRADE did not accept that verification code (it may be wrong or older than 5 minutes).")
     return broker_links.store_connection(user, "etrade", {"oauth_token": token["oauth_token"],
                                                           "oauth_token_secret": token["oauth_token_secret"]})
