@@ -234,6 +234,23 @@ def login(client):
 
 # --- a real Celery worker -----------------------------------------------------------------------
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_tasks(redis_server, tmp_path_factory):
+    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too).
+
+    worker.py builds its own app from the environment at import, so it gets a throwaway configuration.
+    """
+    scratch = tmp_path_factory.mktemp("worker-import")
+    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
+    saved = dict(os.environ)
+    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
+    try:
+        import worker  # noqa: F401
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def celery_worker(app):
     """A real Celery worker (threads pool) consuming every queue from the test Redis."""

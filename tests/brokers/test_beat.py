@@ -1,29 +1,12 @@
 """The beat task `brokers.refresh_tokens` runs on a real Celery worker and refreshes tokens nearing expiry."""
 from __future__ import annotations
 
-import os
 import time
 
-import pytest
 from sqlalchemy import select
 
 from models import BrokerConnection
-from tests.conftest import base_config
 from utils import jobs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def worker_tasks(redis_server, tmp_path_factory):
-    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too)."""
-    scratch = tmp_path_factory.mktemp("brokers-worker-import")
-    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
-    saved = dict(os.environ)
-    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
-    try:
-        import worker  # noqa: F401
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def test_beat_schedule_names_the_refresh_task():

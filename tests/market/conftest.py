@@ -2,26 +2,12 @@
 from __future__ import annotations
 
 import itertools
-import os
 from decimal import Decimal
 
 import pytest
 
 from tests.conftest import base_config
 
-
-@pytest.fixture(scope="session", autouse=True)
-def worker_tasks(redis_server, tmp_path_factory):
-    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too)."""
-    scratch = tmp_path_factory.mktemp("market-worker-import")
-    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
-    saved = dict(os.environ)
-    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
-    try:
-        import worker  # noqa: F401
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture

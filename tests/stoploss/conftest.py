@@ -1,31 +1,12 @@
 """Fixtures for the stop-loss guard: the worker's tasks, manual prices, entries that really fill, polling."""
 from __future__ import annotations
 
-import os
 import time
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import base_config
-
-
-@pytest.fixture(scope="session", autouse=True)
-def worker_tasks(redis_server, tmp_path_factory):
-    """Import worker.py once so its shared tasks register on every Celery app (the per-test ones too).
-
-    worker.py builds its own app from the environment at import, so it gets a throwaway configuration.
-    """
-    scratch = tmp_path_factory.mktemp("worker-import")
-    settings = base_config(redis_server.url, f"sqlite:///{scratch / 'unused.db'}")
-    saved = dict(os.environ)
-    os.environ.update({key: str(value) for key, value in settings.items() if isinstance(value, str)})
-    try:
-        import worker  # noqa: F401
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture
