@@ -64,7 +64,9 @@ from utils.errors import BrokerUnavailable, DomainError  # noqa: E402
 ORDER_SEND_MAX_RETRIES = 5
 
 
-@shared_task(name=jobs.ORDERS_EXECUTE, bind=True, acks_late=True)
+# max_retries=None on the task: Celery-unlimited, because the attempt count lives on the order (a retry()
+# call's own max_retries=None would fall back to Celery's default of 3 and strand the order in `submitting`).
+@shared_task(name=jobs.ORDERS_EXECUTE, bind=True, acks_late=True, max_retries=None)
 def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     """Claim the order (committed first, so a crash leaves `submitting` for the recovery sweep), send it,
     record the answer. BrokerUnavailable retries with exponential backoff, then `failed`."""
@@ -86,7 +88,7 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
             order_service.fail_submission(order_id, f"broker unreachable after {attempt} attempts: {error.message}")
             db.session.commit()
             return
-        raise self.retry(args=[order_id, attempt], countdown=2 ** (attempt - 1), max_retries=None) from None
+        raise self.retry(args=[order_id, attempt], countdown=order_service.retry_delay_seconds(attempt)) from None
 
 
 @shared_task(name=jobs.ORDERS_CANCEL, bind=True, max_retries=ORDER_SEND_MAX_RETRIES, acks_late=True)

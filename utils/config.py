@@ -191,6 +191,8 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "ORDERS_STUCK_AFTER_SECONDS": _int(env, "ORDERS_STUCK_AFTER_SECONDS", 30, minimum=1),
         "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": _int(env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS", 0, minimum=0,
                                                    maximum=600),
+        # orders: base of the BrokerUnavailable backoff (attempt n waits base * 2**(n-1) seconds).
+        "ORDERS_RETRY_BASE_SECONDS": _decimal_text(env, "ORDERS_RETRY_BASE_SECONDS", "1"),
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5),
         "LOCAL_DEVELOPMENT": local,
         **_broker_settings(env),

@@ -483,6 +483,12 @@ def _send(order: Order, broker) -> BrokerAnswer:
     return BrokerAnswer(broker.place_order(broker_request(order)))
 
 
+def retry_delay_seconds(attempt: int) -> float:
+    """Backoff before send attempt `attempt + 1`: ORDERS_RETRY_BASE_SECONDS (default 1) doubled per attempt."""
+    base = float(Decimal(str(current_app.config.get("ORDERS_RETRY_BASE_SECONDS") or "1")))
+    return base * 2 ** (attempt - 1)
+
+
 def pause_for_fault_injection(order_id: int) -> None:
     """ORDERS_EXECUTE_FAULT_DELAY_SECONDS (tests only, default 0) widens the window between the broker
     call and recording its answer, so a crash test can SIGKILL the worker exactly there."""

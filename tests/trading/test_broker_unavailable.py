@@ -1,0 +1,129 @@
+"""BrokerUnavailable during `orders.execute` (issue 4 item 5): retried with exponential backoff, then `failed`;
+a broker that comes back during the retries gets the order exactly once and it ends `filled`.
+
+The broker is the real Schwab adapter pointed at a loopback port: nothing listens there at first, so the
+POST is refused (→ BrokerUnavailable); for the recovery case the fake Schwab server is started on that
+port after a few refused attempts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import base_config, free_port
+from tests.fakes import schwab as fake_schwab
+from tests.fakes.oauth2_provider import FakeToken
+from tests.fakes.runner import ThreadedServer
+from tests.trading.conftest import wait_for
+
+RETRY_BASE = Decimal("0.05")
+ACCESS_TOKEN, REFRESH_TOKEN = "retry-test-access-token", "retry-test-refresh-token"
+
+
+@pytest.fixture
+def schwab_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def app_config(redis_server, database_url, tmp_path, schwab_port) -> dict:
+    schwab = f"http://127.0.0.1:{schwab_port}"
+    return base_config(redis_server.url, database_url, STORAGE_DIR=str(tmp_path / "files"),
+                       ORDERS_RETRY_BASE_SECONDS=str(RETRY_BASE), PUBLIC_BASE_URL="http://localhost",
+                       SCHWAB_CLIENT_ID=fake_schwab.CLIENT_ID, SCHWAB_CLIENT_SECRET=fake_schwab.CLIENT_SECRET,
+                       SCHWAB_AUTHORIZE_URL=f"{schwab}/v1/oauth/authorize", SCHWAB_TOKEN_URL=f"{schwab}/v1/oauth/token",
+                       SCHWAB_API_BASE_URL=schwab)
+
+
+@pytest.fixture
+def schwab_order(db, user):
+    """A committed pending AAPL market order on a linked Schwab connection (token valid for an hour)."""
+    from models import Broker, BrokerAccount, BrokerConnection, Order
+    from utils import trades
+    from utils.dbtypes import utcnow
+    token = {"access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN, "token_type": "Bearer",
+             "expires_at": int(time.time()) + 3600}
+    connection = BrokerConnection(user_id=user.id, broker=Broker.SCHWAB, token_set=json.dumps(token),
+                                  token_expires_at=utcnow() + timedelta(hours=1))
+    db.session.add(connection)
+    db.session.flush()
+    account = fake_schwab.ACCOUNTS[0]
+    db.session.add(BrokerAccount(user_id=user.id, connection_id=connection.id,
+                                 account_number=account["accountNumber"], account_hash=account["hashValue"],
+                                 last4=account["accountNumber"][-4:], name="Schwab brokerage"))
+    order = Order(user_id=user.id, broker_connection_id=connection.id, client_order_id=f"retry-{time.time_ns()}",
+                  symbol="AAPL", asset_type="equity", side="buy", instruction="BUY", order_type="market",
+                  quantity=Decimal("10"), time_in_force="day", status="pending", purpose="entry")
+    db.session.add(order)
+    db.session.flush()
+    order.trade_id = trades.create_pending(order, "long").id
+    db.session.commit()
+    return order
+
+
+def execute(db, order) -> None:
+    from utils import jobs
+    jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id)
+    db.session.commit()
+
+
+def reloaded(db, order):
+    db.session.expire_all()
+    return db.session.get(type(order), order.id)
+
+
+def attempt_events(order) -> list:
+    return [event for event in order.events if event.to_status == "submitting"]
+
+
+def fake_schwab_on(port: int) -> ThreadedServer:
+    """The fake Schwab on `port`, already knowing the access token stored on our connection."""
+    fake_app = fake_schwab.create_app(["http://localhost/brokers/schwab/callback"])
+    provider = fake_app.config["provider"]
+    provider.tokens.append(FakeToken(fake_schwab.CLIENT_ID, ACCESS_TOKEN, REFRESH_TOKEN, "", provider.now(), 3600,
+                                     provider.now()))
+    return ThreadedServer(fake_app, port=port)
+
+
+def test_unreachable_broker_is_retried_with_growing_delays_then_the_order_fails(db, celery_worker, schwab_order):
+    from worker import ORDER_SEND_MAX_RETRIES
+    execute(db, schwab_order)
+
+    order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "failed" and o, timeout=30,
+                     message="the order to fail")
+
+    attempts = attempt_events(order)
+    assert len(attempts) == ORDER_SEND_MAX_RETRIES + 1  # the first send plus every retry
+    assert [event.detail for event in attempts[1:]] == [f"send attempt {n}" for n in
+                                                         range(2, ORDER_SEND_MAX_RETRIES + 2)]
+    gaps = [(later.created_at - earlier.created_at).total_seconds() for earlier, later in zip(attempts, attempts[1:])]
+    for attempt, gap in enumerate(gaps, start=1):  # countdowns are lower bounds: never earlier than the backoff
+        assert gap >= float(RETRY_BASE) * 2 ** (attempt - 1) * 0.95, gaps
+    assert order.submit_attempts == ORDER_SEND_MAX_RETRIES + 1
+    assert "unreachable" in order.reject_reason and order.events[-1].to_status == "failed"
+    assert order.fills == [] and order.broker_order_id is None
+
+
+def test_broker_back_during_the_retries_fills_the_order_exactly_once(db, celery_worker, schwab_order, schwab_port):
+    execute(db, schwab_order)
+    wait_for(lambda: len(attempt_events(reloaded(db, schwab_order))) >= 3, timeout=20,
+             message="three refused attempts")
+
+    server = fake_schwab_on(schwab_port).start()
+    try:
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
+                         message="the order to fill")
+        placed = server.server.app.config["state"].orders
+    finally:
+        server.stop()
+
+    assert len(placed) == 1  # the broker received the order once
+    assert order.filled_quantity == Decimal("10") and sum(fill.quantity for fill in order.fills) == Decimal("10")
+    assert order.broker_order_id == str(next(iter(placed)))
+    statuses = [event.to_status for event in order.events]
+    assert statuses.count("submitted") == 1 and statuses.count("filled") == 1 and "failed" not in statuses
+    assert len(attempt_events(order)) >= 3
