@@ -402,7 +402,7 @@ def working_stops(trade_id: int) -> list[Order]:
 
 def broker_stops_enabled(trade: Trade) -> bool:
     """Whether the trade's broker can rest a stop order (and STOPLOSS_BROKER_STOPS is not off)."""
-    if str(current_app.config.get("STOPLOSS_BROKER_STOPS", "true")).lower() in ("0", "false", "no", "off"):
+    if not current_app.config["STOPLOSS_BROKER_STOPS"]:
         return False
     from utils.brokers import get_broker
     return bool(get_broker(db.session.get(BrokerConnection, trade.broker_connection_id)).supports_stop_orders)

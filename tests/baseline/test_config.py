@@ -116,3 +116,15 @@ def test_cache_and_rate_limit_databases_follow_redis_url_unless_overridden():
 
 def test_redis_db_url_keeps_credentials_and_replaces_the_database():
     assert redis_db_url("redis://:pw@host:1/0", 2) == "redis://:pw@host:1/2"
+
+
+def test_broker_side_stops_are_on_by_default_and_can_be_switched_off():
+    assert load_config(env=env())["STOPLOSS_BROKER_STOPS"] is True
+    assert load_config(env=env(STOPLOSS_BROKER_STOPS="false"))["STOPLOSS_BROKER_STOPS"] is False
+    assert "STOPLOSS_BROKER_STOPS" in error_for(STOPLOSS_BROKER_STOPS="sometimes")
+
+
+def test_the_order_retry_backoff_base_is_a_decimal_number_of_seconds():
+    assert load_config(env=env())["ORDERS_RETRY_BASE_SECONDS"] == "1"
+    assert load_config(env=env(ORDERS_RETRY_BASE_SECONDS="0.25"))["ORDERS_RETRY_BASE_SECONDS"] == "0.25"
+    assert "ORDERS_RETRY_BASE_SECONDS" in error_for(ORDERS_RETRY_BASE_SECONDS="soon")
