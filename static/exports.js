@@ -1,23 +1,7 @@
-// /exports: a "Copy" button for a new share link, and live progress bars for running export jobs.
-// Without JS the link stays selectable in its field and a reload shows the current progress.
+// /exports: live progress bars for running export jobs (the share link's Copy button is copy_button.js).
+// Without JS a reload shows the current progress.
 (function () {
   "use strict";
-  document.querySelectorAll("[data-copy-target]").forEach(function (button) {
-    var field = document.getElementById(button.getAttribute("data-copy-target"));
-    var status = document.querySelector("[data-copy-status]");
-    if (!field) { return; }
-    button.hidden = false;
-    button.addEventListener("click", function () {
-      var done = function () { if (status) { status.textContent = "Copied."; } };
-      if (navigator.clipboard && window.isSecureContext) {
-        navigator.clipboard.writeText(field.value).then(done, function () { field.select(); });
-      } else {
-        field.select();
-        try { document.execCommand("copy"); done(); } catch (e) { /* the link stays selected */ }
-      }
-    });
-  });
-
   function poll(bar) {
     var row = bar.closest("tr");
     fetch(bar.getAttribute("data-job-progress-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })

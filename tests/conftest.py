@@ -259,3 +259,29 @@ def celery_worker(app):
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=20) as worker:
         yield worker
+
+
+# --- waiting on the worker and setting prices ------------------------------------------------------
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` seconds pass (then fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+@pytest.fixture
+def set_price(db):
+    """set_price("AAPL", "100") sets a manual price (MARKET_DATA_SOURCE=manual) and commits, as the CLI and
+    the admin API do; the worker then matches resting paper orders of that symbol."""
+    from utils import market_data
+
+    def setter(symbol: str, price: str) -> None:
+        market_data.set_manual_price(symbol, price)
+        db.session.commit()
+
+    return setter

@@ -35,7 +35,7 @@ def test_create_shows_the_key_once_with_a_copy_button_and_it_works(signed_in, db
     assert response.status_code == 201 and response.headers["Cache-Control"] == "no-store"
     html = response.get_data(as_text=True)
     secret = shown_key(html)
-    assert 'data-copy-target="new-api-key"' in html and "api_keys.js" in html
+    assert 'data-copy-target="new-api-key"' in html and "copy_button.js" in html
     assert signed_in.get("/api/v1/auth/token-info", headers=bearer(secret)).status_code == 200
     listing = signed_in.get("/settings/api-keys").get_data(as_text=True)
     assert secret not in listing and secret[:11] in listing and "laptop" in listing

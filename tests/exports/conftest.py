@@ -136,14 +136,3 @@ def moto_server(tmp_path_factory):
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}  # explicit credentials: boto3 never asks instance metadata
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy (or fail after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")

@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from models import ExportJob, StoredFile, Trade, utcnow
-from tests.exports.conftest import wait_for
+from tests.conftest import wait_for
 from utils import jobs
 
 
@@ -18,7 +18,7 @@ def _finished(client, headers, job_id):
     def check():
         job = client.get(f"/api/v1/export-jobs/{job_id}", headers=headers).get_json()
         return job if job["status"] in ("done", "failed") else None
-    return wait_for(check)
+    return wait_for(check, timeout=60)
 
 
 def test_csv_job_runs_on_the_worker_and_downloads_the_export(client, db, owner, headers, make_history, celery_worker):
@@ -69,7 +69,7 @@ def test_cleanup_task_deletes_expired_files_and_download_is_410(app, client, db,
     def expired():
         db.session.expire_all()
         return db.session.get(ExportJob, job_id).status.value == "expired"
-    wait_for(expired)
+    wait_for(expired, timeout=60)
     assert not storage.backend().exists(stored.key)
     assert client.get(f"/api/v1/export-jobs/{job_id}/download", headers=headers).status_code == 410
 

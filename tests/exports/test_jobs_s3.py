@@ -9,7 +9,8 @@ import boto3
 import pytest
 import requests
 
-from tests.exports.conftest import S3_ENV, wait_for
+from tests.exports.conftest import S3_ENV
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def test_job_file_goes_to_s3_and_downloads_through_a_presigned_url(client, owner
     make_history(owner, count=3)
     job_id = client.post("/api/v1/export-jobs", json={"format": "csv"}, headers=headers).get_json()["id"]
     job = wait_for(lambda: (lambda found: found if found["status"] in ("done", "failed") else None)(
-        client.get(f"/api/v1/export-jobs/{job_id}", headers=headers).get_json()))
+        client.get(f"/api/v1/export-jobs/{job_id}", headers=headers).get_json()), timeout=60)
     assert job["status"] == "done", job
     assert isinstance(storage.backend(), storage.S3Storage)
     response = client.get(f"/api/v1/export-jobs/{job_id}/download", headers=headers)

@@ -68,7 +68,7 @@ def test_job_shows_a_progress_bar_and_has_a_progress_endpoint(client, owner, log
     assert match, html
     progress = client.get(match.group(1)).get_json()
     assert progress["status"] == "queued" and progress["format"] == "zip"
-    assert '<script src="/static/exports.js"' in html and "<script>" not in html
+    assert '<script src="/static/exports.js"' in html and '<script src="/static/copy_button.js"' in html and "<script>" not in html
 
 
 def test_another_users_job_and_link_are_not_reachable_from_the_page(client, owner, login, make_user, db):

@@ -22,18 +22,6 @@ def app_config(redis_server, database_url, tmp_path, market_settings) -> dict:
 
 
 @pytest.fixture
-def set_price(app, db):
-    """set_price("AAPL", "100") sets a manual price and commits (as the CLI and admin API do)."""
-    from utils import market_data
-
-    def setter(symbol: str, price: str) -> None:
-        market_data.set_manual_price(symbol, price)
-        db.session.commit()
-
-    return setter
-
-
-@pytest.fixture
 def make_broker(app, db):
     """make_broker(user) → a PaperBroker on the user's (new, committed) paper connection."""
     from utils.brokers import get_broker

@@ -1,11 +1,12 @@
 """Fixtures for the stop-loss guard: the worker's tasks, manual prices, entries that really fill, polling."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
+
+from tests.conftest import wait_for
 
 
 
@@ -19,32 +20,9 @@ def other_user(make_user):
     return make_user(email="someone-else@example.com")
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {message}")
-
-
 def fresh(db, model, row_id):
     db.session.expire_all()
     return db.session.get(model, row_id)
-
-
-@pytest.fixture
-def set_price(db):
-    """set_price("AAPL", "100") sets a manual price and commits (the worker then matches resting paper orders)."""
-    from utils import market_data
-
-    def setter(symbol: str, price: str) -> None:
-        market_data.set_manual_price(symbol, price)
-        db.session.commit()
-
-    return setter
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.stoploss.conftest import fresh, wait_for
+from tests.stoploss.conftest import fresh
+from tests.conftest import ROOT, wait_for
 
 
 @pytest.fixture

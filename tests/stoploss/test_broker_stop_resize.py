@@ -5,7 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from tests.stoploss.conftest import fresh, wait_for
+from tests.stoploss.conftest import fresh
+from tests.conftest import wait_for
 from tests.stoploss.test_broker_stops import resting_paper_stops
 
 

@@ -5,7 +5,8 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from tests.stoploss.conftest import fresh, wait_for
+from tests.stoploss.conftest import fresh
+from tests.conftest import wait_for
 
 
 def resting_paper_stops(db, trade_id):

@@ -106,7 +106,7 @@ def test_the_dashboard_shows_the_last_sweep_and_quote_miss_warnings(db, client, 
 
 def test_health_ready_and_metrics_report_the_sweep(db, client, celery_worker, open_trade, set_price, run_sweep,
                                                    broker_stops):
-    from tests.stoploss.conftest import wait_for
+    from tests.conftest import wait_for
     assert client.get("/health/ready").get_json().get("stoploss_last_sweep") is None
     trade = open_trade("100", stop_loss_price="95")
     wait_for(lambda: [order for order in broker_stops(trade.id) if order.status == "submitted"],

@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import update
 
-from tests.stoploss.conftest import audit_count, fresh, wait_for
+from tests.stoploss.conftest import audit_count, fresh
+from tests.conftest import wait_for
 
 
 @pytest.fixture

@@ -76,29 +76,6 @@ def broker_fill(execution_id: str, quantity: str, price: str, fee: str = "0"):
                       executed_at=datetime.now(timezone.utc))
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {message}")
-
-
-@pytest.fixture
-def set_price(app, db):
-    """set_price("AAPL", "100") sets a manual price (MARKET_DATA_SOURCE=manual) and commits."""
-    from utils import market_data
-
-    def setter(symbol: str, price: str) -> None:
-        market_data.set_manual_price(symbol, price)
-        db.session.commit()
-
-    return setter
-
-
 @pytest.fixture
 def match_paper_orders(app, db):
     """match_paper_orders() runs the paper broker's matching pass (what the market tick does) and commits."""

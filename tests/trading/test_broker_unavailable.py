@@ -14,11 +14,10 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import base_config, free_port
+from tests.conftest import base_config, free_port, wait_for
 from tests.fakes import schwab as fake_schwab
 from tests.fakes.oauth2_provider import FakeToken
 from tests.fakes.runner import ThreadedServer
-from tests.trading.conftest import wait_for
 
 RETRY_BASE = Decimal("0.05")
 ACCESS_TOKEN, REFRESH_TOKEN = "retry-test-access-token", "retry-test-refresh-token"

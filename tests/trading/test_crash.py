@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT
-from tests.trading.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 CELERY = str(Path(sys.executable).parent / "celery")
 

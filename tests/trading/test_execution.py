@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from tests.trading.conftest import wait_for
+from tests.conftest import wait_for
 
 
 def fresh(db, model, row_id):

@@ -54,18 +54,6 @@ def api(api_client_for, user):
     return api_client_for(user)
 
 
-@pytest.fixture
-def set_price(db):
-    """set_price(symbol, price): set a manual price through the market-data service (MARKET_DATA_SOURCE=manual)."""
-    from utils import market_data
-
-    def setter(symbol: str, price: str) -> None:
-        market_data.set_manual_price(symbol, price)
-        db.session.commit()
-
-    return setter
-
-
 def wait_for(fetch, accept, timeout: float = 20.0, interval: float = 0.1):
     """Call fetch() until accept(result) is true; fail with the last result after `timeout` seconds."""
     deadline = time.monotonic() + timeout

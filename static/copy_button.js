@@ -1,4 +1,5 @@
-// Settings → API keys: a "Copy" button for the one-time key. Without JS the key stays selectable in its field.
+// A "Copy" button for a secret shown once (a new API key, a new share link): any button with
+// data-copy-target="<field id>". Without JS the button stays hidden and the value stays selectable in its field.
 (function () {
   "use strict";
   document.querySelectorAll("[data-copy-target]").forEach(function (button) {
@@ -12,7 +13,7 @@
         navigator.clipboard.writeText(field.value).then(done, function () { field.select(); });
       } else {
         field.select();
-        try { document.execCommand("copy"); done(); } catch (e) { /* the key stays selected */ }
+        try { document.execCommand("copy"); done(); } catch (e) { /* the value stays selected */ }
       }
     });
   });
