@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from models import ApiKey, ApiKeyStatus, RefreshToken, User, utcnow
 from utils import audit
-from utils.errors import BadRequest, DomainError, NotFound, RateLimited, Unauthorized, ValidationFailed
+from utils.database import owned_row
+from utils.errors import BadRequest, DomainError, RateLimited, Unauthorized, ValidationFailed
 from utils.extensions import client_ip, db
 
 log = logging.getLogger("tradewarden.api_auth")
@@ -713,12 +714,7 @@ def list_api_keys(user: User) -> list[ApiKey]:
 
 def get_api_key(user: User, key_id: int) -> ApiKey:
     """One of the user's keys; another user's key or an unknown id raises NotFound."""
-    key = None
-    if 0 < key_id < 2**63:  # larger ids cannot exist and would overflow the database integer
-        key = db.session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
-    if key is None:
-        raise NotFound("No such API key.", code="api_key_not_found")
-    return key
+    return owned_row(ApiKey, user, key_id, "No such API key.", code="api_key_not_found")
 
 
 def rotate_api_key(user: User, key_id: int) -> tuple[ApiKey, str, ApiKey]:

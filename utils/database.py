@@ -1,13 +1,17 @@
-"""Database engine tuning: SQLite in WAL mode with a busy timeout, so web and workers can write together.
+"""Database engine tuning (SQLite in WAL mode with a busy timeout, so web and workers can write together),
+and `owned_row`, the one lookup of a user's row by an id from a request.
 
 SQLite allows one writer at a time. Without a busy timeout a second writer fails at once with
 "database is locked"; without WAL every reader blocks the writer. PostgreSQL needs none of this.
 """
 from __future__ import annotations
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from utils.errors import NotFound
 from utils.extensions import db
+
+LARGEST_ROW_ID = 2**63 - 1  # a larger id cannot exist and would overflow the database integer
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -46,3 +50,18 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def owned_row(model, user, row_id, message: str, code: str = "not_found"):
+    """The row of `model` with id `row_id` that belongs to `user`; NotFound(message) for a malformed or
+    unknown id and for another user's row alike, so ids of other users cannot be told apart."""
+    try:
+        row_id = int(row_id)
+    except (TypeError, ValueError):
+        raise NotFound(message, code=code) from None
+    row = None
+    if 0 < row_id <= LARGEST_ROW_ID:
+        row = db.session.scalar(select(model).where(model.id == row_id, model.user_id == user.id))
+    if row is None:
+        raise NotFound(message, code=code)
+    return row

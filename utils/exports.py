@@ -33,6 +33,7 @@ from models import (ExportFormat, ExportJob, ExportJobStatus, Fill, Order, Store
                     utcnow)
 from utils import audit, jobs, storage
 from utils.dbtypes import ExactDecimal, UTCDateTime
+from utils.database import owned_row
 from utils.errors import Gone, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -480,10 +481,7 @@ def create_job(user: User, unsafe_format, unsafe_filters) -> ExportJob:
 
 def get_job(user: User, job_id: int) -> ExportJob:
     """The user's job; raises NotFound for an unknown id or another user's job."""
-    job = db.session.scalar(select(ExportJob).where(ExportJob.id == job_id, ExportJob.user_id == user.id))
-    if job is None:
-        raise NotFound("No such export job.")
-    return job
+    return owned_row(ExportJob, user, job_id, "No such export job.")
 
 
 def list_jobs(user: User, limit: int = 20) -> list[ExportJob]:

@@ -30,6 +30,7 @@ from models import (AssetType, BrokerConnection, ConnectionStatus, Fill, Order, 
 from utils import jobs, market_data, risk, trades
 from utils.brokers.base import BrokerOrder, OrderRequest
 from utils.dbtypes import utcnow
+from utils.database import owned_row
 from utils.errors import (BrokerAuthExpired, BrokerRejected, Conflict, InvalidSymbol, InvalidTransition, NotFound,
                           OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -634,14 +635,7 @@ def _follow_broker_status(order: Order, broker_order: BrokerOrder) -> None:
 
 def get_order(user, order_id) -> Order:
     """One of the user's orders; NotFound for unknown ids and other users' orders."""
-    try:
-        order_id = int(order_id)
-    except (TypeError, ValueError):
-        raise NotFound("No such order.") from None
-    order = db.session.scalar(select(Order).where(Order.id == order_id, Order.user_id == user.id))
-    if order is None:
-        raise NotFound("No such order.")
-    return order
+    return owned_row(Order, user, order_id, "No such order.")
 
 
 def cancel_order(user, order_id) -> Order:

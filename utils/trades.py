@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from models import BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade, TradeSide, TradeStatus
 from utils import orders, risk
 from utils.dbtypes import utcnow
+from utils.database import owned_row
 from utils.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -207,14 +208,7 @@ def _has_working_entry(trade: Trade, finished_order_id: int) -> bool:
 
 def get_trade(user, trade_id) -> Trade:
     """One of the user's trades; NotFound for unknown ids and other users' trades."""
-    try:
-        trade_id = int(trade_id)
-    except (TypeError, ValueError):
-        raise NotFound("No such trade.") from None
-    trade = db.session.scalar(select(Trade).where(Trade.id == trade_id, Trade.user_id == user.id))
-    if trade is None:
-        raise NotFound("No such trade.")
-    return trade
+    return owned_row(Trade, user, trade_id, "No such trade.")
 
 
 def list_trades(user, *, status=None, cursor=None, limit=50) -> tuple[list[Trade], str | None]:
