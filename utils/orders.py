@@ -474,9 +474,9 @@ def record_answer(order_id: int, answer: BrokerAnswer) -> None:
 
 def _send(order: Order, broker) -> BrokerAnswer:
     if order.submit_attempts > 1:
-        found = broker.find_order_by_client_id(order.client_order_id)
+        found = broker.find_sent_order(broker_request(order), order.created_at, _known_broker_ids(order))
         if found is not None:
-            log.info("order %s: adopting the broker's copy found by client_order_id", order.id)
+            log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)
     replaced = db.session.get(Order, order.replaces_order_id) if order.replaces_order_id else None
     if replaced is not None and replaced.broker_order_id:
@@ -497,6 +497,13 @@ def pause_for_fault_injection(order_id: int) -> None:
     if delay > 0:
         log.warning("order %s: fault injection, pausing %s s before recording the broker's answer", order_id, delay)
         time.sleep(delay)
+
+
+def _known_broker_ids(order: Order) -> frozenset[str]:
+    """Broker order ids already recorded on the order's connection since a day before it was created."""
+    return frozenset(db.session.scalars(select(Order.broker_order_id).where(
+        Order.broker_connection_id == order.broker_connection_id, Order.broker_order_id.is_not(None),
+        Order.created_at >= order.created_at - timedelta(days=1))))
 
 
 def broker_request(order: Order) -> OrderRequest:

@@ -126,3 +126,36 @@ def test_broker_back_during_the_retries_fills_the_order_exactly_once(db, celery_
     statuses = [event.to_status for event in order.events]
     assert statuses.count("submitted") == 1 and statuses.count("filled") == 1 and "failed" not in statuses
     assert len(attempt_events(order)) >= 3
+
+
+def test_a_resend_adopts_the_order_schwab_already_took_instead_of_sending_it_twice(db, celery_worker, schwab_order,
+                                                                                   schwab_port):
+    """Schwab keeps no client order id. When the answer to the first send was lost (a crash, a read
+    timeout), the resend must find the order Schwab already has by its details, skipping an identical
+    order that is already recorded as one of ours, and adopt it rather than place a second one."""
+    from models import Order
+    from utils import orders
+    server = fake_schwab_on(schwab_port).start()
+    try:
+        broker = orders.broker_for(schwab_order)
+        twin = broker.place_order(orders.broker_request(schwab_order))  # an earlier identical order, recorded
+        db.session.add(Order(user_id=schwab_order.user_id, broker_connection_id=schwab_order.broker_connection_id,
+                             client_order_id=f"twin-{time.time_ns()}", symbol="AAPL", asset_type="equity", side="buy",
+                             instruction="BUY", order_type="market", quantity=Decimal("10"), time_in_force="day",
+                             status="submitted", purpose="entry", broker_order_id=twin.broker_order_id))
+        assert orders.claim_submission(schwab_order.id) == 1
+        db.session.commit()
+        lost = broker.place_order(orders.broker_request(schwab_order))  # Schwab took it; we never heard back
+
+        from utils import jobs
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id, 1)  # the retry of attempt 1
+        db.session.commit()
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
+                         message="the order to fill")
+        placed = server.server.app.config["state"].orders
+    finally:
+        server.stop()
+
+    assert len(placed) == 2  # the recorded twin and the lost send; no third order
+    assert order.broker_order_id == lost.broker_order_id != twin.broker_order_id
+    assert order.filled_quantity == Decimal("10") and sum(fill.quantity for fill in order.fills) == Decimal("10")

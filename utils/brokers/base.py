@@ -90,6 +90,15 @@ class Broker(abc.ABC):
     def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """The order we sent with this client_order_id, or None if the broker never received it."""
 
+    def find_sent_order(self, request: OrderRequest, sent_since: datetime,
+                        known_broker_ids: frozenset[str]) -> BrokerOrder | None:
+        """Before a resend (a crash or a lost answer): the broker's copy of `request` if it already has one.
+
+        Brokers that keep our client_order_id are asked by it. A broker that does not (Schwab) matches
+        the order's details among orders entered since `sent_since`, skipping `known_broker_ids` (orders
+        already recorded as ours)."""
+        return self.find_order_by_client_id(request.client_order_id)
+
     @abc.abstractmethod
     def cancel_order(self, broker_order_id: str) -> BrokerOrder:
         """Request cancellation; raises OrderNotCancelable when it already completed."""

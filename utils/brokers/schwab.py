@@ -2,7 +2,8 @@
 
 Orders come back as 201 with the id in the `Location` header; replace (PUT) creates a new order and
 cancels the old one; fills are read from `orderActivityCollection`; quotes are one batched call.
-Schwab has no client order id field, so `find_order_by_client_id` cannot look orders up (returns None).
+Schwab has no client order id field, so `find_order_by_client_id` cannot look orders up (returns None);
+before a resend, `find_sent_order` matches the order's details among the account's recent orders instead.
 """
 from __future__ import annotations
 
@@ -98,20 +99,31 @@ class SchwabBroker(Broker):
         return self._latest_matching(request)  # Schwab may omit Location when the order filled at once
 
     def _latest_matching(self, request: OrderRequest) -> BrokerOrder:
-        for order in reversed(self._recent_orders(timedelta(minutes=5))):
-            leg = order["orderLegCollection"][0]
-            if leg["instrument"]["symbol"] == request.symbol and Decimal(str(order["quantity"])) == request.quantity:
+        body = self.order_body(request)
+        for order in reversed(self._orders_entered_since(datetime.now(timezone.utc) - timedelta(minutes=5))):
+            if _same_order(order, body):
                 return _to_order(order, request.client_order_id)
         raise BrokerRejected("Schwab accepted the order but did not say which one it is; check Schwab.")
 
-    def _recent_orders(self, window: timedelta) -> list[dict]:
+    def find_sent_order(self, request: OrderRequest, sent_since: datetime,
+                        known_broker_ids: frozenset[str]) -> BrokerOrder | None:
+        """The oldest order with our request's details entered since `sent_since` that is not already ours."""
+        body = self.order_body(request)
+        for order in self._orders_entered_since(sent_since - timedelta(minutes=1)):  # a minute for clock skew
+            if str(order["orderId"]) not in known_broker_ids and _same_order(order, body):
+                return _to_order(order, request.client_order_id)
+        return None
+
+    def _orders_entered_since(self, since: datetime) -> list[dict]:
+        """The account's orders entered since `since`, oldest first."""
         now = datetime.now(timezone.utc)
         stamp = "%Y-%m-%dT%H:%M:%S.000Z"
         response = self.http.request("GET", self._orders_path, params={
-            "fromEnteredTime": (now - window).strftime(stamp), "toEnteredTime": (now + timedelta(minutes=1)).strftime(stamp)})
+            "fromEnteredTime": since.astimezone(timezone.utc).strftime(stamp),
+            "toEnteredTime": (now + timedelta(minutes=1)).strftime(stamp)})
         if not response.ok:
             raise _order_error(response)
-        return _json(response) or []
+        return sorted(_json(response) or [], key=lambda order: int(order["orderId"]))
 
     def get_order(self, broker_order_id: str, client_order_id: str | None = None) -> BrokerOrder:
         response = self.http.request("GET", f"{self._orders_path}/{broker_order_id}")
@@ -165,6 +177,20 @@ class SchwabBroker(Broker):
                                       asset_type="option" if instrument.get("assetType") == "OPTION" else "equity",
                                       quantity=quantity, average_price=Decimal(str(item.get("averagePrice", 0)))))
         return positions
+
+
+def _same_order(order: dict, body: dict) -> bool:
+    """Whether Schwab's `order` is the order `body` asks for: type, instruction, symbol, quantity and prices."""
+    leg, wanted = order["orderLegCollection"][0], body["orderLegCollection"][0]
+    return (order.get("orderType") == body["orderType"] and leg.get("instruction") == wanted["instruction"]
+            and leg["instrument"]["symbol"] == wanted["instrument"]["symbol"]
+            and Decimal(str(order["quantity"])) == Decimal(str(wanted["quantity"]))
+            and _price(order.get("price")) == _price(body.get("price"))
+            and _price(order.get("stopPrice")) == _price(body.get("stopPrice")))
+
+
+def _price(value) -> Decimal | None:
+    return None if value in (None, "") else Decimal(str(value))
 
 
 def _to_order(body: dict, client_order_id: str | None) -> BrokerOrder:
