@@ -28,7 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from models import (AssetType, BrokerConnection, ConnectionStatus, Fill, Order, OrderEvent, OrderPurpose,
                     OrderSide, OrderStatus, OrderType, TimeInForce)
 from utils import jobs, market_data, risk, trades
-from utils.brokers.base import BrokerOrder, OrderRequest
+from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import utcnow
 from utils.database import owned_row
 from utils.errors import (BrokerAuthExpired, BrokerRejected, Conflict, InvalidSymbol, InvalidTransition, NotFound,
@@ -558,12 +558,35 @@ def fail_submission(order_id: int, reason: str) -> None:
 
 def apply_broker_order(order: Order, broker_order: BrokerOrder) -> None:
     """Record new fills from the broker's view of the order, then follow its status (flushes)."""
+    record_broker_fills(order, broker_order)
+    _follow_broker_status(order, broker_order)
+
+
+def record_broker_fills(order: Order, broker_order: BrokerOrder) -> None:
+    """Record the executions the broker lists that we do not have yet, then whatever part of the broker's
+    filled quantity no listed execution explains (flushes)."""
     known = {fill.broker_execution_id for fill in order.fills}
     for broker_fill in sorted(broker_order.fills, key=lambda fill: (fill.executed_at, fill.execution_id)):
         if broker_fill.execution_id not in known:
             record_fill(order, broker_fill)
             known.add(broker_fill.execution_id)
-    _follow_broker_status(order, broker_order)
+    _record_unlisted_fill(order, broker_order)
+
+
+def _record_unlisted_fill(order: Order, broker_order: BrokerOrder) -> None:
+    """A broker that reports only running totals (E*TRADE) says how much is filled and at what average, not
+    each execution: the quantity beyond ours becomes one fill, priced so that our average equals the
+    broker's and identified by the total it brings us to (so polling again records nothing twice)."""
+    missing = broker_order.filled_quantity - order.filled_quantity
+    if missing <= 0 or not broker_order.average_fill_price:
+        return
+    ours = sum((fill.quantity * fill.price for fill in order.fills), Decimal("0"))
+    price = ((broker_order.average_fill_price * broker_order.filled_quantity - ours) / missing).quantize(
+        PRICE_PLACES, rounding=ROUND_HALF_EVEN)
+    fee = max((broker_order.total_fees or Decimal("0")) - order.fees, Decimal("0"))
+    total = format(broker_order.filled_quantity.normalize(), "f")
+    record_fill(order, BrokerFill(execution_id=f"{broker_order.broker_order_id}-filled-{total}", quantity=missing,
+                                  price=price, fee=fee, executed_at=utcnow()))
 
 
 def record_fill(order: Order, broker_fill) -> Fill | None:

@@ -14,7 +14,7 @@ import requests
 from flask import g
 from sqlalchemy import select, update
 
-from models import AuditEvent, BrokerAccount, BrokerConnection
+from models import AuditEvent, BrokerAccount, BrokerConnection, Trade
 from tests.conftest import csrf_token_from
 from tests.brokers.conftest import start_connect
 from utils import broker_links
@@ -82,7 +82,7 @@ def _order(order_type="market", quantity="10", limit=None, cid=None):
 def test_preview_then_place_fills_market_order_once(etrade, fakes):
     request = _order()
     order = etrade.place_order(request)
-    assert order.status == "filled" and order.fills[0].quantity == Decimal("10")
+    assert order.status == "filled" and order.filled_quantity == Decimal("10") and order.fills == ()  # totals only
     assert etrade.place_order(request).broker_order_id == order.broker_order_id  # no double
     calls = fakes["etrade"].stats()["api_calls"]
     assert calls["POST /v1/accounts/<key>/orders/preview.json"] == 1
@@ -138,3 +138,56 @@ def test_disconnect_revokes_access_token(etrade, client, db, fakes):
     assert fakes["etrade"].counter("revoked") == 1
     db.session.expire_all()
     assert db.session.get(BrokerConnection, connection.id).status.value == "revoked"
+
+
+@pytest.fixture
+def etrade_order(etrade, db):
+    """A 10-share limit buy sent through the order service to the fake E*TRADE (resting, `submitted`)."""
+    from models import Order
+    from utils import orders, trades
+    order = Order(user_id=etrade.connection.user_id, broker_connection_id=etrade.connection.id,
+                  client_order_id=f"et-{uuid.uuid4().hex[:12]}", symbol="AAPL", asset_type="equity", side="buy",
+                  instruction="BUY", order_type="limit", limit_price=Decimal("180.00"), quantity=Decimal("10"),
+                  time_in_force="day", status="pending", purpose="entry")
+    db.session.add(order)
+    db.session.flush()
+    order.trade_id = trades.create_pending(order, "long").id
+    orders.claim_submission(order.id)
+    orders.record_answer(order.id, orders.send_claimed(order.id))
+    db.session.commit()
+    assert order.status == "submitted" and order.broker_order_id
+    return order
+
+
+def _execute_and_sync(fakes, db, order, quantity: str, price: str):
+    from utils import orders
+    fakes["etrade"].control(execute={"order_id": int(order.broker_order_id), "quantity": quantity, "price": price})
+    orders.sync_order(order.id)
+    db.session.commit()
+    return order
+
+
+def test_partial_fills_reported_as_running_totals_are_recorded_once_each(etrade_order, fakes, db):
+    from utils import orders
+    order = _execute_and_sync(fakes, db, etrade_order, "4", "179.50")
+    assert order.status == "partially_filled" and order.filled_quantity == Decimal("4")
+    assert [(fill.quantity, fill.price) for fill in order.fills] == [(Decimal("4"), Decimal("179.5"))]
+
+    order = _execute_and_sync(fakes, db, order, "6", "179.75")
+    orders.sync_order(order.id)  # asking again adds nothing
+    db.session.commit()
+    assert order.status == "filled" and order.filled_quantity == Decimal("10")
+    assert [fill.quantity for fill in order.fills] == [Decimal("4"), Decimal("6")]
+    assert order.fills[1].price == Decimal("179.75") and order.average_fill_price == Decimal("179.65")
+    assert db.session.get(Trade, order.trade_id).quantity == Decimal("10")
+
+
+def test_a_partly_filled_order_cancelled_at_etrade_keeps_its_fill(etrade_order, etrade, fakes, db):
+    from utils import orders
+    order = _execute_and_sync(fakes, db, etrade_order, "3", "179.90")
+    etrade.cancel_order(order.broker_order_id)
+    orders.sync_order(order.id)
+    db.session.commit()
+    assert order.status == "cancelled" and order.filled_quantity == Decimal("3")
+    trade = db.session.get(Trade, order.trade_id)
+    assert trade.quantity == Decimal("3") and trade.status == "open"

@@ -340,6 +340,10 @@ def create_app() -> Flask:
         if body.get("reset"):
             state.reset()
         state.failures.push(body.get("fail_next", []))
+        if body.get("execute"):  # {"order_id", "quantity", "price"}: one execution; E*TRADE shows only totals
+            with state.lock:
+                _execute(state.orders[body["execute"]["order_id"]], float(body["execute"]["quantity"]),
+                         float(body["execute"]["price"]), int(state.now() * 1000))
         state.clock_offset += float(body.get("advance_seconds", 0))
         for credential in state.tokens.values():  # make every access token look idle this long
             credential.last_used -= float(body.get("idle_seconds", 0))
@@ -380,6 +384,17 @@ def create_app() -> Flask:
                                  "Instrument": [instrument]}]}
 
     return app
+
+
+def _execute(order: dict, quantity: float, price: float, millis: int) -> None:
+    """Add one execution to the running totals (filled quantity, average price), as E*TRADE reports them."""
+    instrument = order["OrderDetail"][0]["Instrument"][0]
+    before = instrument["filledQuantity"]
+    filled = before + quantity
+    instrument["averageExecutionPrice"] = (instrument["averageExecutionPrice"] * before + price * quantity) / filled
+    instrument["filledQuantity"], instrument["executedTime"] = filled, millis
+    if filled >= float(instrument["orderedQuantity"]):
+        _set_status(order, "EXECUTED")
 
 
 def _set_status(order: dict, status: str) -> None:

@@ -190,7 +190,7 @@ def _fill(order: dict, price: float) -> None:
     legs = [first, quantity - first] if quantity - first else [first]
     for index, part in enumerate(legs):
         order["orderActivityCollection"].append({
-            "activityType": "EXECUTION", "activityId": order["orderId"] * 10 + index, "executionType": "FILL",
+            "activityType": "EXECUTION", "executionType": "FILL",
             "quantity": part, "orderRemainingQuantity": quantity - sum(legs[:index + 1]),
             "executionLegs": [{"legId": 1, "quantity": part, "mismarkedQuantity": 0.0, "price": price,
                                "time": _now()}]})

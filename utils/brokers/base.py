@@ -53,6 +53,7 @@ class BrokerOrder:
     fills: tuple[BrokerFill, ...] = ()
     reject_reason: str | None = None
     replaced_by: str | None = None
+    total_fees: Decimal | None = None  # all fees so far, from brokers that report totals instead of executions
 
 
 @dataclass(frozen=True)

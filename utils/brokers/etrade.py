@@ -23,7 +23,7 @@ from models import Broker as BrokerName
 from models import BrokerConnection, ConnectionStatus
 from utils import crypto
 from utils.brokers import oauth
-from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
+from utils.brokers.base import AccountSnapshot, Broker, BrokerOrder, OrderRequest, Position
 from utils.brokers.transport import BrokerHttp
 from utils.dbtypes import utcnow
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, InsufficientFunds, InvalidSymbol,
@@ -310,14 +310,11 @@ def _to_order(order: dict, client_order_id: str | None) -> BrokerOrder:
     filled = Decimal(str(instrument.get("filledQuantity", 0)))
     price = Decimal(str(instrument.get("averageExecutionPrice", 0)))
     status = STATUS_MAP.get(detail.get("status"), "submitted")
-    fills = ()
-    if status == "filled" and filled:  # E*TRADE reports cumulative fills; one fill when complete
-        executed = instrument.get("executedTime")
-        fills = (BrokerFill(f"{order['orderId']}-1", filled, price, Decimal(str(instrument.get("estimatedCommission", 0))),
-                            datetime.fromtimestamp(executed / 1000, timezone.utc) if executed else utcnow()),)
+    # E*TRADE reports running totals, not executions: the order service records what the totals add.
+    fees = Decimal(str(instrument.get("estimatedCommission", 0))) if status == "filled" else None
     return BrokerOrder(broker_order_id=str(order["orderId"]), client_order_id=client_order_id, status=status,
                        symbol=instrument["Product"]["symbol"], quantity=quantity, filled_quantity=filled,
-                       average_fill_price=price if filled else None, fills=fills)
+                       average_fill_price=price if filled else None, total_fees=fees)
 
 
 def _message(response) -> str:

@@ -197,7 +197,8 @@ def _to_order(body: dict, client_order_id: str | None) -> BrokerOrder:
     quantity, filled = Decimal(str(body.get("quantity", 0))), Decimal(str(body.get("filledQuantity", 0)))
     fills = tuple(_fills(body))
     status = STATUS_MAP.get(body.get("status"), "partially_filled" if 0 < filled < quantity else "submitted")
-    average = (sum(f.quantity * f.price for f in fills) / filled) if fills and filled else None
+    listed = sum((fill.quantity for fill in fills), Decimal("0"))
+    average = (sum(f.quantity * f.price for f in fills) / listed) if listed and listed == filled else None
     replaced_by = (body.get("replacingOrderCollection") or [{}])[0].get("orderId")
     return BrokerOrder(broker_order_id=str(body["orderId"]), client_order_id=client_order_id, status=status,
                        symbol=body["orderLegCollection"][0]["instrument"]["symbol"], quantity=quantity,
@@ -207,11 +208,13 @@ def _to_order(body: dict, client_order_id: str | None) -> BrokerOrder:
 
 
 def _fills(body: dict):
-    for activity in body.get("orderActivityCollection") or []:
+    """Each execution leg; Schwab gives executions no id, so one is made from the order id and the
+    execution's place in the order's activity list (Schwab only ever appends to that list)."""
+    for number, activity in enumerate(body.get("orderActivityCollection") or []):
         if activity.get("activityType") != "EXECUTION":
             continue
         for index, leg in enumerate(activity.get("executionLegs") or []):
-            yield BrokerFill(execution_id=f"{activity.get('activityId', 0)}-{leg.get('legId', 1)}-{index}",
+            yield BrokerFill(execution_id=f"{body['orderId']}-{number}-{index}",
                              quantity=Decimal(str(leg["quantity"])), price=Decimal(str(leg["price"])),
                              fee=Decimal("0"), executed_at=_parse_time(leg.get("time")))
 
@@ -219,7 +222,7 @@ def _fills(body: dict):
 def _parse_time(value: str | None) -> datetime:
     if not value:
         return datetime.now(timezone.utc)
-    return datetime.strptime(value.replace(".000", ""), "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc)
+    return datetime.fromisoformat(value).astimezone(timezone.utc)  # e.g. 2021-01-01T12:01:01.123+0000
 
 
 def _to_quote(symbol: str, item: dict) -> Quote:
