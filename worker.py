@@ -113,6 +113,9 @@ def sync_orders() -> None:
             except DomainError as error:
                 db.session.rollback()
                 order_service.log.warning("sync of order %s failed: %s", order_id, error.message)
+            except Exception:  # noqa: BLE001 — one malformed broker answer must not stop the other orders' sync
+                db.session.rollback()
+                order_service.log.exception("sync of order %s failed", order_id)
 
 
 @shared_task(name=jobs.ORDERS_RECOVER)
