@@ -474,7 +474,8 @@ def record_answer(order_id: int, answer: BrokerAnswer) -> None:
 
 def _send(order: Order, broker) -> BrokerAnswer:
     if order.submit_attempts > 1:
-        found = broker.find_sent_order(broker_request(order), order.created_at, _known_broker_ids(order))
+        found = broker.read_back(lambda: broker.find_sent_order(broker_request(order), order.created_at,
+                                                                _known_broker_ids(order)))
         if found is not None:
             log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)

@@ -8,7 +8,7 @@ from flask import Response, jsonify, request
 
 
 class FailureScript:
-    """Statuses the next trading calls answer with (e.g. [429, 503]), to exercise retries."""
+    """Statuses the next trading calls answer with (e.g. [429, 503]; 0 answers that call normally)."""
 
     def __init__(self):
         self.queue: deque = deque()
@@ -20,7 +20,7 @@ class FailureScript:
 
     def take(self) -> int | None:
         with self.lock:
-            return self.queue.popleft() if self.queue else None
+            return (self.queue.popleft() or None) if self.queue else None
 
 
 def mount_control(app, provider, state) -> None:

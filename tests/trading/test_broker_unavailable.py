@@ -159,3 +159,22 @@ def test_a_resend_adopts_the_order_schwab_already_took_instead_of_sending_it_twi
     assert len(placed) == 2  # the recorded twin and the lost send; no third order
     assert order.broker_order_id == lost.broker_order_id != twin.broker_order_id
     assert order.filled_quantity == Decimal("10") and sum(fill.quantity for fill in order.fills) == Decimal("10")
+
+
+def test_an_order_schwab_took_but_could_not_show_is_found_on_the_retry_not_rejected(db, celery_worker, schwab_order,
+                                                                                    schwab_port):
+    """The POST is accepted (201) but reading the order back fails (404): the order exists at Schwab, so
+    it must not be recorded as rejected; the retry finds it and it fills, sent once."""
+    server = fake_schwab_on(schwab_port).start()
+    try:
+        server.server.app.config["state"].failures.push([0, 404])  # POST answered normally, the GET after it 404
+        execute(db, schwab_order)
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status in ("filled", "rejected") and o,
+                         timeout=30, message="the order to settle")
+        placed = server.server.app.config["state"].orders
+    finally:
+        server.stop()
+
+    assert order.status == "filled", order.reject_reason
+    assert len(placed) == 1 and order.broker_order_id == str(next(iter(placed)))
+    assert "rejected" not in [event.to_status for event in order.events]

@@ -10,7 +10,9 @@ import abc
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Callable
 
+from utils.errors import BrokerAuthExpired, BrokerRejected, BrokerUnavailable, OrderNotFound
 from utils.market_data import Quote
 
 
@@ -90,6 +92,16 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """The order we sent with this client_order_id, or None if the broker never received it."""
+
+    @staticmethod
+    def read_back(lookup: Callable[[], BrokerOrder | None]) -> BrokerOrder | None:
+        """Read back an order the broker has just accepted. A failure now must not look like a rejection
+        (the order exists at the broker): it becomes BrokerUnavailable, so the send is retried and the
+        retry finds the order by `find_sent_order` instead of recording it as rejected."""
+        try:
+            return lookup()
+        except (BrokerRejected, BrokerAuthExpired, OrderNotFound) as error:
+            raise BrokerUnavailable(f"The broker took the order but did not show it yet: {error.message}") from None
 
     def find_sent_order(self, request: OrderRequest, sent_since: datetime,
                         known_broker_ids: frozenset[str]) -> BrokerOrder | None:

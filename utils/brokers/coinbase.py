@@ -79,7 +79,7 @@ class CoinbaseBroker(Broker):
         answer = _json(response) if response.ok else None
         if not answer or not answer.get("success"):
             raise _reject(answer or {}, response)
-        return self.get_order(answer["success_response"]["order_id"])
+        return self.read_back(lambda: self.get_order(answer["success_response"]["order_id"]))
 
     def get_order(self, broker_order_id: str) -> BrokerOrder:
         order = self._get(f"/orders/historical/{broker_order_id}")["order"]

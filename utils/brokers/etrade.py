@@ -237,7 +237,7 @@ class ETradeBroker(Broker):
         preview = self._call(method, preview_path, json={"PreviewOrderRequest": body})["PreviewOrderResponse"]
         placed = self._call(method, place_path, json={"PlaceOrderRequest": {
             **body, "PreviewIds": [{"previewId": preview["PreviewIds"][0]["previewId"]}]}})["PlaceOrderResponse"]
-        return self.get_order(str(placed["OrderIds"][0]["orderId"]), request.client_order_id)
+        return self.read_back(lambda: self.get_order(str(placed["OrderIds"][0]["orderId"]), request.client_order_id))
 
     def place_order(self, request: OrderRequest) -> BrokerOrder:
         existing = self.find_order_by_client_id(request.client_order_id)

@@ -95,15 +95,15 @@ class SchwabBroker(Broker):
             raise _order_error(response)
         match = ORDER_ID_IN_LOCATION.search(response.headers.get("Location", ""))
         if match:
-            return self.get_order(match.group(2), request.client_order_id)
-        return self._latest_matching(request)  # Schwab may omit Location when the order filled at once
+            return self.read_back(lambda: self.get_order(match.group(2), request.client_order_id))
+        return self.read_back(lambda: self._latest_matching(request))  # no Location when it filled at once
 
     def _latest_matching(self, request: OrderRequest) -> BrokerOrder:
         body = self.order_body(request)
         for order in reversed(self._orders_entered_since(datetime.now(timezone.utc) - timedelta(minutes=5))):
             if _same_order(order, body):
                 return _to_order(order, request.client_order_id)
-        raise BrokerRejected("Schwab accepted the order but did not say which one it is; check Schwab.")
+        raise OrderNotFound("Schwab accepted the order but did not say which one it is.")
 
     def find_sent_order(self, request: OrderRequest, sent_since: datetime,
                         known_broker_ids: frozenset[str]) -> BrokerOrder | None:
