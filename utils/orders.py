@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import (AssetType, BrokerConnection, ConnectionStatus, Fill, Order, OrderEvent, OrderPurpose,
+from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill, Order, OrderEvent, OrderPurpose,
                     OrderSide, OrderStatus, OrderType, TimeInForce)
 from utils import jobs, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
@@ -794,12 +794,19 @@ def sync_order(order_id: int) -> None:
 
 
 def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-    """Orders stuck in `pending` (ids) and in `submitting` (id, attempt) longer than ORDERS_STUCK_AFTER_SECONDS."""
+    """Orders stuck in `pending` (ids) and in `submitting` (id, attempt) longer than ORDERS_STUCK_AFTER_SECONDS.
+
+    A `submitting` order at a remote broker counts as stuck only once no send of it can still be running
+    (the task time limit has passed): a resend beside a slow first send could reach the broker before the
+    first one shows there, and only the paper broker (same database, idempotent) is safe from that."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    remote_cutoff = min(cutoff, now - timedelta(seconds=jobs.TASK_TIME_LIMIT_SECONDS + 30))
     pending = list(db.session.scalars(select(Order.id).where(Order.status == S.PENDING, Order.updated_at < cutoff)))
-    submitting = list(db.session.execute(select(Order.id, Order.submit_attempts).where(
-        Order.status == S.SUBMITTING, Order.updated_at < cutoff)).tuples())
+    submitting = [tuple(row) for row in db.session.execute(
+        select(Order.id, Order.submit_attempts).join(BrokerConnection, BrokerConnection.id == Order.broker_connection_id)
+        .where(Order.status == S.SUBMITTING, Order.updated_at < cutoff,
+               (BrokerConnection.broker == Broker.PAPER) | (Order.updated_at < remote_cutoff)))]
     return pending, submitting
 
 

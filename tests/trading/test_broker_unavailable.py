@@ -178,3 +178,30 @@ def test_an_order_schwab_took_but_could_not_show_is_found_on_the_retry_not_rejec
     assert order.status == "filled", order.reject_reason
     assert len(placed) == 1 and order.broker_order_id == str(next(iter(placed)))
     assert "rejected" not in [event.to_status for event in order.events]
+
+
+def test_a_remote_order_counts_as_stuck_in_submitting_only_after_the_send_time_limit(db, schwab_order, make_user):
+    """Recovery must not resend a Schwab order whose first send may still be running (up to the task time
+    limit); a paper order (idempotent, same database) is picked up after ORDERS_STUCK_AFTER_SECONDS."""
+    from sqlalchemy import update
+
+    from models import Order
+    from utils import jobs, orders
+    from utils.brokers.paper import ensure_paper_connection
+    from utils.dbtypes import utcnow
+    paper_user = make_user(email="paper-stuck@example.com")
+    paper = Order(user_id=paper_user.id, broker_connection_id=ensure_paper_connection(paper_user).id,
+                  client_order_id=f"stuck-{time.time_ns()}", symbol="AAPL", asset_type="equity", side="buy",
+                  instruction="BUY", order_type="market", quantity=Decimal("1"), time_in_force="day",
+                  status="submitting", submit_attempts=1, purpose="entry")
+    db.session.add(paper)
+    db.session.execute(update(Order).where(Order.id == schwab_order.id).values(status="submitting", submit_attempts=1))
+    db.session.commit()
+
+    def stuck_after(seconds: float) -> set[int]:
+        db.session.execute(update(Order).values(updated_at=utcnow() - timedelta(seconds=seconds)))
+        db.session.commit()
+        return {order_id for order_id, _attempt in orders.stuck_orders()[1]}
+
+    assert stuck_after(60) == {paper.id}  # past ORDERS_STUCK_AFTER_SECONDS (30), inside the send time limit
+    assert stuck_after(jobs.TASK_TIME_LIMIT_SECONDS + 31) == {paper.id, schwab_order.id}
