@@ -31,8 +31,8 @@ from utils import jobs, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import utcnow
 from utils.database import owned_row
-from utils.errors import (BrokerAuthExpired, BrokerRejected, Conflict, InvalidSymbol, InvalidTransition, NotFound,
-                          OrderNotCancelable, OrderNotFound, ValidationFailed)
+from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
+                          InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
 
 log = logging.getLogger("tradewarden.orders")
@@ -480,6 +480,8 @@ def _send(order: Order, broker) -> BrokerAnswer:
             log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)
     replaced = db.session.get(Order, order.replaces_order_id) if order.replaces_order_id else None
+    if replaced is not None and replaced.status == S.SUBMITTING:  # placing now could leave both live
+        raise BrokerUnavailable(f"Order {replaced.id}, which this one replaces, is still being sent.")
     if replaced is not None and replaced.broker_order_id:
         return BrokerAnswer(broker.replace_order(replaced.broker_order_id, broker_request(order)))
     return BrokerAnswer(broker.place_order(broker_request(order)))
