@@ -141,6 +141,18 @@ def quote_from_last(symbol: str, last: Decimal, as_of: datetime) -> Quote:
 
 # --- sources -------------------------------------------------------------------------------------
 
+def broker_quote(symbol: str, bid, ask, last, as_of: datetime | None) -> Quote | None:
+    """A broker's quote, or None when it cannot be trusted for a decision: a bid or ask that is missing or
+    not positive, or no time of its own (a quote without a time could be of any age)."""
+    prices = [Decimal(str(value)) if value not in (None, "") else None for value in (bid, ask, last)]
+    if as_of is None or any(price is None or price <= 0 for price in prices[:2]):
+        return None
+    bid_price, ask_price, last_price = prices
+    if last_price is None or last_price <= 0:
+        last_price = (bid_price + ask_price) / 2
+    return Quote(symbol=symbol, bid=bid_price, ask=ask_price, last=last_price, as_of=as_of)
+
+
 class QuoteSource(Protocol):
     def fetch(self, symbols: list[str]) -> dict[str, Quote]:
         """Quotes for canonical symbols in one batched read; unknown symbols are absent."""

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from flask import current_app
 
+from utils import market_data
 from utils.brokers import oauth
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
 from utils.brokers.transport import BrokerHttp
@@ -120,7 +121,8 @@ class CoinbaseBroker(Broker):
         if not symbols:
             return {}
         books = self._get("/best_bid_ask", product_ids=list(symbols)).get("pricebooks", [])
-        return {book["product_id"]: _to_quote(book) for book in books if book.get("bids") and book.get("asks")}
+        quotes = {book["product_id"]: _to_quote(book) for book in books if book.get("bids") and book.get("asks")}
+        return {symbol: quote for symbol, quote in quotes.items() if quote is not None}
 
     def _wallets(self) -> list[dict]:
         return self._get("/accounts", limit=250).get("accounts", [])
@@ -157,11 +159,10 @@ def _to_fill(fill: dict) -> BrokerFill:
                       executed_at=datetime.fromisoformat(fill["trade_time"].replace("Z", "+00:00")))
 
 
-def _to_quote(book: dict) -> Quote:
-    bid, ask = Decimal(book["bids"][0]["price"]), Decimal(book["asks"][0]["price"])
-    as_of = datetime.fromisoformat(book["time"].replace("Z", "+00:00")) if book.get("time") \
-        else datetime.now(timezone.utc)
-    return Quote(symbol=book["product_id"], bid=bid, ask=ask, last=(bid + ask) / 2, as_of=as_of)
+def _to_quote(book: dict) -> Quote | None:
+    """The best bid and ask, or None without both or without the book's own time."""
+    as_of = datetime.fromisoformat(book["time"].replace("Z", "+00:00")) if book.get("time") else None
+    return market_data.broker_quote(book["product_id"], book["bids"][0]["price"], book["asks"][0]["price"], None, as_of)
 
 
 def _reject(answer: dict, response):

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from flask import current_app
 
+from utils import market_data
 from utils.brokers import oauth
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
 from utils.brokers.transport import BrokerHttp
@@ -151,8 +152,9 @@ class SchwabBroker(Broker):
             "symbols": ",".join(symbols), "fields": "quote,reference", "indicative": "false"})
         if not response.ok:
             raise BrokerRejected(_message(response))
-        return {symbol: _to_quote(symbol, item) for symbol, item in (_json(response) or {}).items()
-                if symbol != "errors" and "quote" in item}
+        quotes = {symbol: _to_quote(symbol, item) for symbol, item in (_json(response) or {}).items()
+                  if symbol != "errors" and "quote" in item}
+        return {symbol: quote for symbol, quote in quotes.items() if quote is not None}
 
     def _account_body(self) -> dict:
         response = self.http.request("GET", f"/trader/v1/accounts/{self.account.account_hash}",
@@ -225,12 +227,13 @@ def _parse_time(value: str | None) -> datetime:
     return datetime.fromisoformat(value).astimezone(timezone.utc)  # e.g. 2021-01-01T12:01:01.123+0000
 
 
-def _to_quote(symbol: str, item: dict) -> Quote:
+def _to_quote(symbol: str, item: dict) -> Quote | None:
+    """Schwab's quote, or None when it lacks a bid, an ask or its own time (never a made-up price or time)."""
     quote = item["quote"]
     millis = quote.get("quoteTime") or quote.get("tradeTime")
-    as_of = datetime.fromtimestamp(int(millis) / 1000, timezone.utc) if millis else datetime.now(timezone.utc)
-    return Quote(symbol=symbol, bid=Decimal(str(quote.get("bidPrice", 0))), ask=Decimal(str(quote.get("askPrice", 0))),
-                 last=Decimal(str(quote.get("lastPrice", quote.get("mark", 0)))), as_of=as_of)
+    as_of = datetime.fromtimestamp(int(millis) / 1000, timezone.utc) if millis else None
+    return market_data.broker_quote(symbol, quote.get("bidPrice"), quote.get("askPrice"),
+                                    quote.get("lastPrice", quote.get("mark")), as_of)
 
 
 def _message(response) -> str:
