@@ -568,25 +568,41 @@ def apply_broker_order(order: Order, broker_order: BrokerOrder) -> None:
 def record_broker_fills(order: Order, broker_order: BrokerOrder) -> None:
     """Record the executions the broker lists that we do not have yet, then whatever part of the broker's
     filled quantity no listed execution explains (flushes)."""
-    known = {fill.broker_execution_id for fill in order.fills}
+    earlier = fills_before_edit(order)
+    known = {fill.broker_execution_id for fill in [*order.fills, *earlier]}
     for broker_fill in sorted(broker_order.fills, key=lambda fill: (fill.executed_at, fill.execution_id)):
         if broker_fill.execution_id not in known:
             record_fill(order, broker_fill)
             known.add(broker_fill.execution_id)
-    _record_unlisted_fill(order, broker_order)
+    _record_unlisted_fill(order, broker_order, earlier)
 
 
-def _record_unlisted_fill(order: Order, broker_order: BrokerOrder) -> None:
+def fills_before_edit(order: Order) -> list[Fill]:
+    """Fills recorded on the orders this one replaced by an edit in place at the broker (the same broker
+    order id, as Coinbase keeps it): the broker counts them in this order too, so we must not again."""
+    earlier, current = [], order
+    while current.replaces_order_id and current.broker_order_id:
+        replaced = db.session.get(Order, current.replaces_order_id)
+        if replaced is None or replaced.broker_order_id != current.broker_order_id:
+            break
+        earlier.extend(replaced.fills)
+        current = replaced
+    return earlier
+
+
+def _record_unlisted_fill(order: Order, broker_order: BrokerOrder, earlier: list[Fill]) -> None:
     """A broker that reports only running totals (E*TRADE) says how much is filled and at what average, not
     each execution: the quantity beyond ours becomes one fill, priced so that our average equals the
     broker's and identified by the total it brings us to (so polling again records nothing twice)."""
-    missing = broker_order.filled_quantity - order.filled_quantity
+    recorded = [*order.fills, *earlier]
+    missing = broker_order.filled_quantity - sum((fill.quantity for fill in recorded), Decimal("0"))
     if missing <= 0 or not broker_order.average_fill_price:
         return
-    ours = sum((fill.quantity * fill.price for fill in order.fills), Decimal("0"))
+    ours = sum((fill.quantity * fill.price for fill in recorded), Decimal("0"))
     price = ((broker_order.average_fill_price * broker_order.filled_quantity - ours) / missing).quantize(
         PRICE_PLACES, rounding=ROUND_HALF_EVEN)
-    fee = max((broker_order.total_fees or Decimal("0")) - order.fees, Decimal("0"))
+    fee = max((broker_order.total_fees or Decimal("0")) - sum((fill.fee for fill in recorded), Decimal("0")),
+              Decimal("0"))
     total = format(broker_order.filled_quantity.normalize(), "f")
     record_fill(order, BrokerFill(execution_id=f"{broker_order.broker_order_id}-filled-{total}", quantity=missing,
                                   price=price, fee=fee, executed_at=utcnow()))

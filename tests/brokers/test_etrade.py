@@ -15,7 +15,7 @@ from flask import g
 from sqlalchemy import select, update
 
 from models import AuditEvent, BrokerAccount, BrokerConnection, Trade
-from tests.conftest import csrf_token_from
+from tests.conftest import csrf_token_from, sent_order
 from tests.brokers.conftest import start_connect
 from utils import broker_links
 from utils.brokers import get_broker
@@ -143,18 +143,8 @@ def test_disconnect_revokes_access_token(etrade, client, db, fakes):
 @pytest.fixture
 def etrade_order(etrade, db):
     """A 10-share limit buy sent through the order service to the fake E*TRADE (resting, `submitted`)."""
-    from models import Order
-    from utils import orders, trades
-    order = Order(user_id=etrade.connection.user_id, broker_connection_id=etrade.connection.id,
-                  client_order_id=f"et-{uuid.uuid4().hex[:12]}", symbol="AAPL", asset_type="equity", side="buy",
-                  instruction="BUY", order_type="limit", limit_price=Decimal("180.00"), quantity=Decimal("10"),
-                  time_in_force="day", status="pending", purpose="entry")
-    db.session.add(order)
-    db.session.flush()
-    order.trade_id = trades.create_pending(order, "long").id
-    orders.claim_submission(order.id)
-    orders.record_answer(order.id, orders.send_claimed(order.id))
-    db.session.commit()
+    order = sent_order(db, etrade.connection.user_id, etrade.connection.id, order_type="limit",
+                       limit_price=Decimal("180.00"), quantity=Decimal("10"))
     assert order.status == "submitted" and order.broker_order_id
     return order
 

@@ -1,27 +1,17 @@
 """`orders.sync` keeps going when one order's broker answer cannot be read: the others still get their fills."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
+from tests.conftest import sent_order
 from tests.fakes import schwab as fake_schwab
 from tests.trading.test_broker_unavailable import app_config, fake_schwab_on, schwab_order, schwab_port  # noqa: F401
 
 
 def _resting_schwab_order(db, template):
     """A limit buy like `template` (same user and Schwab link), sent through the order service: `submitted`."""
-    from models import Order
-    from utils import orders, trades
-    order = Order(user_id=template.user_id, broker_connection_id=template.broker_connection_id,
-                  client_order_id=f"rest-{time.time_ns()}", symbol="AAPL", asset_type="equity", side="buy",
-                  instruction="BUY", order_type="limit", limit_price=Decimal("100.00"), quantity=Decimal("5"),
-                  time_in_force="day", status="pending", purpose="entry")
-    db.session.add(order)
-    db.session.flush()
-    order.trade_id = trades.create_pending(order, "long").id
-    orders.claim_submission(order.id)
-    orders.record_answer(order.id, orders.send_claimed(order.id))
-    db.session.commit()
+    order = sent_order(db, template.user_id, template.broker_connection_id, order_type="limit",
+                       limit_price=Decimal("100.00"), quantity=Decimal("5"))
     assert order.status == "submitted"
     return order
 
