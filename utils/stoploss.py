@@ -3,7 +3,8 @@
 - **Broker-side stop**: when an entry fills and the trade has a stop, a GTC stop order (purpose
   `stop_loss`, linked by `trade_id`) goes through the normal orders path to brokers that support it.
   It is resized when partial fills grow the trade, replaced when the stop moves, and cancelled before
-  any other exit (`cancel_broker_stop`, called by `trades.close_trade`).
+  any other exit (`cancel_working_exits`, called by `trades.close_trade`, which also withdraws any exit
+  the user left resting, so the closing market exit sells exactly what is still held).
 - **Sweep** (`stoploss.sweep`, every `STOPLOSS_INTERVAL_SECONDS`): one query for open trades with a
   stop or take-profit, one batched `market_data.get_quotes` for their symbols, a pure evaluation
   (`evaluate`), then for each breach the same claim a manual close uses (`trades.close_trade`:
@@ -481,48 +482,78 @@ def _withdraw(order: Order) -> None:
         jobs.enqueue_after_commit(jobs.ORDERS_CANCEL, order.id)
 
 
-def cancel_broker_stop(trade: Trade) -> bool:
-    """Cancel every working broker-side stop of a claimed (`closing`) trade at the broker, now, recording
-    any fill it already had. Returns True when those fills closed the trade (no other exit is needed).
-    Raises Conflict while a stop is still being sent (retry later), BrokerUnavailable when unreachable."""
-    stopped = False
-    for order in working_stops(trade.id):
-        stopped |= _cancel_now(order)
-    if trade.status == TradeStatus.CLOSED and stopped:
-        _set_trade(trade, close_reason=CloseReason.STOP_LOSS)  # it was the stop that closed it
+def working_exits(trade_id: int) -> list[Order]:
+    """The trade's exit orders still working, oldest first: its broker-side stops and any exit the user placed."""
+    return list(db.session.scalars(select(Order).where(
+        Order.trade_id == trade_id, Order.purpose != OrderPurpose.ENTRY, Order.status.in_(WORKING))
+        .order_by(Order.id).execution_options(populate_existing=True)))
+
+
+def cancel_working_exits(trade: Trade) -> bool:
+    """Cancel every working exit of a claimed (`closing`) trade at the broker, now (its broker-side stops and
+    any exit left resting, such as a limit sell), recording the fills they already had, so the closing market
+    exit covers exactly what is still held. Returns True when those fills closed the trade (no other exit is
+    needed). Raises Conflict while one is still being sent (before anything is cancelled; retry later),
+    BrokerUnavailable when the broker is unreachable."""
+    working = working_exits(trade.id)
+    for order in working:
+        _refuse_in_flight(order)
+    for order in working:
+        _cancel_and_credit(trade, order)
     return trade.status == TradeStatus.CLOSED
 
 
-def _cancel_now(order: Order) -> bool:
-    """Cancel one stop order at once; True when it had (or got) fills."""
-    if order.status == S.PENDING:
-        orders.transition(order, S.CANCELLED, detail="cancelled before it was sent: the trade is closing")
-        return False
-    if order.status == S.SUBMITTING or not order.broker_order_id:
+def _cancel_and_credit(trade: Trade, order: Order) -> None:
+    """Cancel one exit; when its own fills are what closed the trade, the close is credited to it."""
+    was_held = trade.status != TradeStatus.CLOSED
+    _cancel_now(order)
+    if was_held and trade.status == TradeStatus.CLOSED:
+        _set_trade(trade, close_reason=trades.CLOSE_REASON_FOR_PURPOSE.get(order.purpose, CloseReason.MANUAL))
+
+
+def _is_broker_stop(order: Order) -> bool:
+    return order.purpose == OrderPurpose.STOP_LOSS and order.order_type == OrderType.STOP
+
+
+def _refuse_in_flight(order: Order) -> None:
+    """Conflict for an exit claimed for sending but not at the broker yet: there is nothing to cancel there yet,
+    and selling now could sell twice."""
+    at_broker = order.status != S.SUBMITTING and bool(order.broker_order_id)
+    if order.status == S.PENDING or at_broker:
+        return
+    if _is_broker_stop(order):
         raise Conflict("The protective stop is being sent to the broker; try again in a moment.",
                        code="stoploss.stop_in_flight", details={"order_id": order.id})
+    raise Conflict(f"Exit order {order.id} of this trade is being sent to the broker; try again in a moment.",
+                   code="trade.exit_in_flight", details={"order_id": order.id})
+
+
+def _cancel_now(order: Order) -> None:
+    """Cancel one exit order at once, recording the fills the broker reports for it."""
+    if order.status == S.PENDING:
+        orders.transition(order, S.CANCELLED, detail="cancelled before it was sent: the trade is closing")
+        return
+    _refuse_in_flight(order)
     broker = orders.broker_for(order)
     try:
         answer = broker.cancel_order(order.broker_order_id)
     except (OrderNotCancelable, OrderNotFound):
         answer = broker.get_order(order.broker_order_id)
-    known = {fill.broker_execution_id for fill in order.fills}
-    for fill in sorted(answer.fills, key=lambda item: (item.executed_at, item.execution_id)):
-        if fill.execution_id not in known:
-            orders.record_fill(order, fill)
+    orders.record_broker_fills(order, answer)
     _finish_cancel(order, answer.status)
-    return order.filled_quantity > 0
 
 
 def _finish_cancel(order: Order, broker_status: str) -> None:
-    """Mark the stop cancelled (without handing the closing trade back, unlike a failed exit)."""
+    """Mark the exit cancelled without handing the closing trade back (`trades.entry_finished` would: that is
+    for an exit that failed, not for one the close withdrew)."""
     if order.status in orders.TERMINAL:
         return
     if broker_status in (S.CANCELLED, S.EXPIRED, S.REPLACED, S.REJECTED):
         orders.transition(order, S.CANCELLED, detail="cancelled at the broker: the trade is closing")
         return
-    raise Conflict("The broker is still cancelling the protective stop; try again in a moment.",
-                   code="stoploss.stop_in_flight", details={"order_id": order.id})
+    raise Conflict(f"The broker is still cancelling order {order.id} of this trade; try again in a moment.",
+                   code="stoploss.stop_in_flight" if _is_broker_stop(order) else "trade.exit_in_flight",
+                   details={"order_id": order.id})
 
 
 # --- changing a trade's protection (page and PUT /api/v1/trades/<id>/stop-loss) ----------------------

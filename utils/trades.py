@@ -223,18 +223,19 @@ def list_trades(user, *, status=None, cursor=None, limit=50) -> tuple[list[Trade
 
 
 def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Trade:
-    """Claim `open → closing` (once) and enqueue one market exit for what is still held (flushes).
-    Raises NotFound, Conflict when the trade is not open."""
+    """Claim `open → closing` (once), cancel the trade's working exits at the broker, and enqueue one market
+    exit for what is still held (flushes). Raises NotFound, Conflict when the trade is not open or one of its
+    exits is still being sent (the caller rolls back the claim), BrokerUnavailable."""
     trade = get_trade(user, trade_id)
     try:
         transition_trade(trade, T.CLOSING, close_reason=reason)
     except InvalidTransition:
         raise Conflict(f"The trade is {trade.status}; only an open trade can be closed.", code="trade.not_open",
                        details={"status": str(trade.status)}) from None
-    # Stop-loss guard (issue 5, stop-loss engineer): cancel the broker-side stop first; if it already
-    # filled, that fill closed the trade and no other exit is sent.
+    # Withdraw the broker-side stop and any resting exit (a limit sell) first and record what they already
+    # filled: the market exit then covers exactly what is still held, never nothing and never twice.
     from utils import stoploss
-    if stoploss.cancel_broker_stop(trade):
+    if stoploss.cancel_working_exits(trade):
         return trade
     remaining = closable_quantity(trade)
     if remaining > 0:
