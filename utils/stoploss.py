@@ -238,6 +238,10 @@ def close_breaches(plan: SweepPlan, commit) -> tuple[int, int]:
             db.session.rollback()
             failed += not isinstance(error, Conflict)
             log.warning("trade %s: %s not closed now: %s", trade_id, reason, error.message)
+        except Exception:  # noqa: BLE001 — e.g. a broker answer we cannot read: the other breaches still close
+            db.session.rollback()
+            failed += 1
+            log.exception("trade %s: %s not closed now", trade_id, reason)
     return closed, failed
 
 
