@@ -287,18 +287,28 @@ def set_price(db):
     return setter
 
 
+def execute_in_process(db, order_id):
+    """What the worker's orders.execute does, step by step, here (for tests that must not race a worker)."""
+    from utils import orders
+    orders.claim_submission(order_id)
+    db.session.commit()
+    answer = orders.send_claimed(order_id)
+    db.session.commit()
+    orders.record_answer(order_id, answer)
+    db.session.commit()
+
+
 def sent_order(db, user_id: int, connection_id: int, **columns):
     """An entry order (`columns` over a 1-share AAPL market buy) with its pending trade, sent through the
     order service as the worker sends it (claim, send, record) and committed; returns the Order."""
     from models import Order
-    from utils import orders, trades
+    from utils import trades
     values = {"client_order_id": f"sent-{time.time_ns()}", "symbol": "AAPL", "asset_type": "equity", "side": "buy",
               "instruction": "BUY", "order_type": "market", "quantity": "1", "time_in_force": "day", **columns}
     order = Order(user_id=user_id, broker_connection_id=connection_id, status="pending", purpose="entry", **values)
     db.session.add(order)
     db.session.flush()
     order.trade_id = trades.create_pending(order, "long").id
-    orders.claim_submission(order.id)
-    orders.record_answer(order.id, orders.send_claimed(order.id))
     db.session.commit()
+    execute_in_process(db, order.id)
     return order

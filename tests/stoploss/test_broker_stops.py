@@ -6,7 +6,7 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from tests.stoploss.conftest import fresh
-from tests.conftest import wait_for
+from tests.conftest import execute_in_process, wait_for
 
 
 def resting_paper_stops(db, trade_id):
@@ -86,17 +86,6 @@ def test_a_manual_close_cancels_the_broker_stop_first(db, user, celery_worker, o
     wait_for(lambda: fresh(db, Trade, trade.id).status == "closed", message="closed")
     assert [order.purpose for order in exit_orders(trade.id)] == ["exit"]
     assert fresh(db, Trade, trade.id).close_reason == "manual"
-
-
-def execute_in_process(db, order_id):
-    """What the worker's orders.execute does, step by step, here (for tests that must not race a worker)."""
-    from utils import orders
-    orders.claim_submission(order_id)
-    db.session.commit()
-    answer = orders.send_claimed(order_id)
-    db.session.commit()
-    orders.record_answer(order_id, answer)
-    db.session.commit()
 
 
 def test_an_exit_that_fails_hands_the_trade_back_with_its_stop_replaced(db, user, set_price, broker_stops,

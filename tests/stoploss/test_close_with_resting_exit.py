@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import wait_for
+from tests.conftest import execute_in_process, wait_for
 from tests.stoploss.conftest import fresh
 
 
@@ -159,17 +159,6 @@ def test_closing_through_the_api_with_a_resting_exit_sells_once(db, user, client
 
 
 # --- exits not at the broker yet (no worker: each step runs here) -------------------------------------
-
-def execute_in_process(db, order_id):
-    """What the worker's orders.execute does, step by step, here."""
-    from utils import orders
-    orders.claim_submission(order_id)
-    db.session.commit()
-    answer = orders.send_claimed(order_id)
-    db.session.commit()
-    orders.record_answer(order_id, answer)
-    db.session.commit()
-
 
 @pytest.fixture
 def filled_trade(db, user, set_price):

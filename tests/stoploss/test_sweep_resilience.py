@@ -5,17 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 from models import Order, Trade
-from tests.conftest import sent_order
+from tests.conftest import execute_in_process, sent_order
 from tests.trading.test_broker_unavailable import app_config, fake_schwab_on, schwab_order, schwab_port  # noqa: F401
 
 
 def _send_pending_stop(db, trade_id: int) -> Order:
     """Send the trade's broker-side stop (queued on the entry fill) as the worker would."""
-    from utils import orders, stoploss
+    from utils import stoploss
     [stop] = stoploss.working_stops(trade_id)
-    orders.claim_submission(stop.id)
-    orders.record_answer(stop.id, orders.send_claimed(stop.id))
-    db.session.commit()
+    execute_in_process(db, stop.id)
     return stop
 
 
