@@ -381,8 +381,14 @@ def on_entry_filled(trade: Trade) -> None:
 
 
 def on_exit_filled(trade: Trade) -> None:
-    """After an exit fill reduced a still-open trade, or a failed exit handed it back to `open`: resize or
-    re-place its broker-side stop (flushes; never raises for a broker problem)."""
+    """After an exit fill: when it closed the trade, withdraw every exit still working (the broker-side stop,
+    a resting exit of the user's), so nothing is left at the broker to sell again. When it reduced a
+    still-open trade, or a failed exit handed it back to `open`: resize or re-place its broker-side stop
+    (flushes; never raises for a broker problem)."""
+    if trade.status == TradeStatus.CLOSED:
+        for order in working_exits(trade.id):
+            _withdraw(order)
+        return
     if trade.status != TradeStatus.OPEN:
         return
     try:
@@ -478,11 +484,11 @@ def _rewrite_pending(order: Order, quantity: Decimal, stop_price: Decimal) -> bo
 
 
 def _withdraw(order: Order) -> None:
-    """Cancel a stop that is no longer wanted through the orders path (the worker tells the broker)."""
+    """Cancel an exit (a stop) that is no longer wanted through the orders path (the worker tells the broker)."""
     if order.status == S.PENDING:
-        orders.transition(order, S.CANCELLED, detail="stop removed before it was sent")
+        orders.transition(order, S.CANCELLED, detail="withdrawn before it was sent")
     elif order.status in (S.SUBMITTED, S.PARTIALLY_FILLED):
-        orders.transition(order, S.PENDING_CANCEL, detail="stop removed")
+        orders.transition(order, S.PENDING_CANCEL, detail="withdrawn: no longer needed")
         jobs.enqueue_after_commit(jobs.ORDERS_CANCEL, order.id)
 
 
