@@ -127,3 +127,13 @@ def test_coinbase_refuses_stop_market_and_options_with_422(coinbase, fakes, requ
 def test_coinbase_quotes(coinbase):
     quotes = coinbase.get_quotes(["BTC-USD", "ETH-USD", "NOPE-USD"])
     assert set(quotes) == {"BTC-USD", "ETH-USD"} and quotes["BTC-USD"].bid == Decimal("59999.00")
+
+
+def test_schwab_option_orders_use_the_padded_occ_symbol_and_come_back_canonical(schwab):
+    from utils.brokers.schwab import _to_order
+    request = _request("AAPL240517P00190000", "limit", "1", limit="2.50", asset="option")
+    leg = schwab.order_body(request)["orderLegCollection"][0]
+    assert leg["instrument"] == {"symbol": "AAPL  240517P00190000", "assetType": "OPTION"}
+    answer = {"orderId": 7, "status": "WORKING", "quantity": 1, "filledQuantity": 0,
+              "orderLegCollection": [{"instruction": "BUY_TO_OPEN", "quantity": 1, "instrument": leg["instrument"]}]}
+    assert _to_order(answer, None).symbol == "AAPL240517P00190000"

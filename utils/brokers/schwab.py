@@ -72,7 +72,7 @@ class SchwabBroker(Broker):
                 "duration": "GOOD_TILL_CANCEL" if request.time_in_force == "gtc" else "DAY",
                 "orderStrategyType": "SINGLE",
                 "orderLegCollection": [{"instruction": request.instruction.upper(), "quantity": _whole(request.quantity),
-                                        "instrument": {"symbol": request.symbol,
+                                        "instrument": {"symbol": _wire_symbol(request),
                                                        "assetType": "OPTION" if request.asset_type == "option"
                                                        else "EQUITY"}}]}
         if request.limit_price is not None and request.order_type in ("limit", "stop_limit"):
@@ -181,6 +181,17 @@ class SchwabBroker(Broker):
         return positions
 
 
+def _wire_symbol(request: OrderRequest) -> str:
+    """Options go to Schwab in the padded OCC form (root left-justified to 6 characters)."""
+    return market_data.occ_padded(request.symbol) if request.asset_type == "option" else request.symbol
+
+
+def _our_symbol(instrument: dict) -> str:
+    """Schwab's instrument symbol in our canonical form (options unpadded)."""
+    symbol = instrument["symbol"]
+    return market_data.canonical_symbol(symbol) if instrument.get("assetType") == "OPTION" else symbol
+
+
 def _same_order(order: dict, body: dict) -> bool:
     """Whether Schwab's `order` is the order `body` asks for: type, instruction, symbol, quantity and prices."""
     leg, wanted = order["orderLegCollection"][0], body["orderLegCollection"][0]
@@ -203,7 +214,7 @@ def _to_order(body: dict, client_order_id: str | None) -> BrokerOrder:
     average = (sum(f.quantity * f.price for f in fills) / listed) if listed and listed == filled else None
     replaced_by = (body.get("replacingOrderCollection") or [{}])[0].get("orderId")
     return BrokerOrder(broker_order_id=str(body["orderId"]), client_order_id=client_order_id, status=status,
-                       symbol=body["orderLegCollection"][0]["instrument"]["symbol"], quantity=quantity,
+                       symbol=_our_symbol(body["orderLegCollection"][0]["instrument"]), quantity=quantity,
                        filled_quantity=filled, average_fill_price=average, fills=fills,
                        reject_reason=body.get("statusDescription") if status == "rejected" else None,
                        replaced_by=str(replaced_by) if replaced_by else None)
