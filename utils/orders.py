@@ -483,8 +483,16 @@ def _send(order: Order, broker) -> BrokerAnswer:
     if replaced is not None and replaced.status == S.SUBMITTING:  # placing now could leave both live
         raise BrokerUnavailable(f"Order {replaced.id}, which this one replaces, is still being sent.")
     if replaced is not None and replaced.broker_order_id:
+        _catch_up(replaced, broker)
+        if replaced.status != S.SUBMITTED:  # it filled (in part) or ended since the replace was asked for
+            raise BrokerRejected(f"Order {replaced.id} is {replaced.status} at the broker now, so it was not replaced.")
         return BrokerAnswer(broker.replace_order(replaced.broker_order_id, broker_request(order)))
     return BrokerAnswer(broker.place_order(broker_request(order)))
+
+
+def _catch_up(order: Order, broker) -> None:
+    """Record what the broker reports of `order` right now (fills since the last sync) before acting on it."""
+    apply_broker_order(order, broker.get_order(order.broker_order_id))
 
 
 def retry_delay_seconds(attempt: int) -> float:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from models import Order, Trade
 from tests.brokers.test_adapters import coinbase  # noqa: F401  (the fixture)
-from tests.conftest import sent_order
+from tests.conftest import execute_in_process, sent_order
 from tests.fakes.coinbase import _now
 
 
@@ -26,30 +26,47 @@ def _execute_at_coinbase(fakes, broker_order_id: str, size: str, price: str) -> 
                                                                        Decimal(size)) / filled))
 
 
-def test_fills_before_an_edit_in_place_are_not_counted_again(coinbase, fakes, db):
-    """The edit is asked for while the order rests; before the worker sends it, Coinbase fills 0.4 and the
-    sync records that on the first order. The edited order then reports the same 0.4 under the same id."""
+def _resting_limit(db, coinbase):
+    order = sent_order(db, coinbase.connection.user_id, coinbase.connection.id, symbol="ETH-USD", asset_type="crypto",
+                       order_type="limit", limit_price=Decimal("2900"), quantity=Decimal("1"), time_in_force="gtc")
+    assert order.status == "submitted"
+    return order
+
+
+def test_an_edit_sent_after_the_order_began_to_fill_is_refused_and_the_fill_kept(coinbase, fakes, db):
+    """The edit is asked for while the order rests; Coinbase fills 0.4 before the worker sends it."""
     from models import User
     from utils import orders
-    first = sent_order(db, coinbase.connection.user_id, coinbase.connection.id, symbol="ETH-USD", asset_type="crypto",
-                       order_type="limit", limit_price=Decimal("2900"), quantity=Decimal("1"), time_in_force="gtc")
-    assert first.status == "submitted"
+    first = _resting_limit(db, coinbase)
     edited = orders.replace_order(db.session.get(User, first.user_id), first.id, {"limit_price": "2950"})
+    _execute_at_coinbase(fakes, first.broker_order_id, "0.4", "2899")
 
+    execute_in_process(db, edited.id)
+
+    assert edited.status == "rejected" and first.status == "partially_filled"
+    assert [fill.quantity for fill in first.fills] == [Decimal("0.4")]
+    assert fakes["coinbase"].server.server.app.config["state"].orders[first.broker_order_id]["edit_history"] == []
+
+
+def test_fills_recorded_before_an_edit_in_place_are_not_counted_again_on_the_edited_order(coinbase, fakes, db):
+    """The narrow race the refusal above cannot close: a sync records a fill on the old order between the
+    last look at it and the edit. The edited order (same Coinbase id) then reports that fill too."""
+    from utils import orders
+    first = _resting_limit(db, coinbase)
     _execute_at_coinbase(fakes, first.broker_order_id, "0.4", "2899")
     orders.sync_order(first.id)
-    db.session.commit()
-    assert first.filled_quantity == Decimal("0.4")
+    edited = Order(user_id=first.user_id, broker_connection_id=first.broker_connection_id, client_order_id="edit-1",
+                   symbol="ETH-USD", asset_type="crypto", side="buy", instruction="BUY", order_type="limit",
+                   limit_price=Decimal("2950"), quantity=Decimal("1"), time_in_force="gtc", status="submitted",
+                   purpose="entry", trade_id=first.trade_id, replaces_order_id=first.id,
+                   broker_order_id=first.broker_order_id)
+    db.session.add(edited)
+    db.session.flush()
 
-    orders.claim_submission(edited.id)
-    orders.record_answer(edited.id, orders.send_claimed(edited.id))
-    db.session.commit()
-    assert edited.broker_order_id == first.broker_order_id and first.status == "replaced"
+    orders.record_broker_fills(edited, coinbase.get_order(first.broker_order_id))
     assert edited.fills == []  # the 0.4 stays on the first order only
-
-    _execute_at_coinbase(fakes, edited.broker_order_id, "0.3", "2950")
-    orders.sync_order(edited.id)
+    _execute_at_coinbase(fakes, first.broker_order_id, "0.3", "2950")
+    orders.record_broker_fills(edited, coinbase.get_order(first.broker_order_id))
     db.session.commit()
     assert [fill.quantity for fill in edited.fills] == [Decimal("0.3")]
     assert db.session.get(Trade, first.trade_id).quantity == Decimal("0.7")
-    assert db.session.get(Order, first.id).filled_quantity == Decimal("0.4")
