@@ -232,6 +232,8 @@ def close_breaches(plan: SweepPlan, commit) -> tuple[int, int]:
     closed = failed = 0
     for trade_id, user_id, reason in plan.breaches:
         try:
+            if not still_breached(trade_id):  # the plan's quotes may have aged while earlier closes ran
+                continue
             closed += close_breached(trade_id, user_id, CloseReason(reason))
             commit()
         except DomainError as error:
@@ -243,6 +245,17 @@ def close_breaches(plan: SweepPlan, commit) -> tuple[int, int]:
             failed += 1
             log.exception("trade %s: %s not closed now", trade_id, reason)
     return closed, failed
+
+
+def still_breached(trade_id: int) -> bool:
+    """Evaluate one trade again on its current stop and a quote that is fresh now (one query, one cached
+    quote read): closes act on the price at the moment of closing, never on one that went stale since."""
+    rows = db.session.connection().execute(candidate_query().where(Trade.id == trade_id)).all()
+    if not rows:
+        return False
+    quotes = market_data.get_quotes([rows[0][2]])
+    prices = usable_quotes(quotes, datetime.now(timezone.utc), market_data.default_max_age())
+    return bool(evaluate(rows, prices).breaches)
 
 
 def close_breached(trade_id: int, user_id: int, reason: CloseReason) -> bool:

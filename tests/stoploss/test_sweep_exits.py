@@ -194,3 +194,24 @@ def test_a_trailing_stop_ratchets_up_never_down_and_then_closes(db, celery_worke
     assert run_sweep()["triggered"] == 1
     assert wait_closed(db, trade.id).close_reason == "stop_loss"
     assert len(exit_orders(trade.id)) == 1
+
+
+def test_a_breach_is_checked_again_on_the_current_price_right_before_its_close(db, celery_worker, open_trade,
+                                                                               set_price, exit_orders):
+    """A sweep's quotes can age while earlier closes in the same sweep wait on brokers: each close first
+    looks at the price again and closes only if the trade is still breached then."""
+    from models import Trade
+    from utils import stoploss
+    recovered = open_trade("100", stop_loss_price="95")
+    still_down = open_trade("50", stop_loss_price="45", symbol="MSFT")
+    set_price("AAPL", "94")
+    set_price("MSFT", "44")
+    plan = stoploss.plan_sweep()
+    assert {trade_id for trade_id, _user, _reason in plan.breaches} == {recovered.id, still_down.id}
+
+    set_price("AAPL", "96")  # back above the stop before the sweep reaches the close
+    closed, failed = stoploss.close_breaches(plan, db.session.commit)
+
+    assert (closed, failed) == (1, 0)
+    assert fresh(db, Trade, recovered.id).status == "open" and exit_orders(recovered.id) == []
+    assert fresh(db, Trade, still_down.id).status in ("closing", "closed")
