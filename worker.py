@@ -120,12 +120,15 @@ def sync_orders() -> None:
 
 @shared_task(name=jobs.ORDERS_RECOVER)
 def recover_orders() -> None:
-    """Beat: re-enqueue orders stuck in `pending`, and resend (after asking the broker) stuck `submitting`."""
+    """Beat: re-enqueue orders stuck in `pending`, resend (after asking the broker) stuck `submitting`, and
+    ask again for the cancel of orders stuck in `pending_cancel`."""
     pending, submitting = order_service.stuck_orders()
     for order_id in pending:
         jobs.send_now(jobs.ORDERS_EXECUTE, order_id)
     for order_id, attempt in submitting:
         jobs.send_now(jobs.ORDERS_EXECUTE, order_id, attempt)
+    for order_id in order_service.stuck_cancels():
+        jobs.send_now(jobs.ORDERS_CANCEL, order_id)
 
 
 BEAT_SCHEDULE["orders-sync"] = {"task": jobs.ORDERS_SYNC, "schedule": 2.0}

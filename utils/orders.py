@@ -836,6 +836,13 @@ def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int
     return pending, submitting
 
 
+def stuck_cancels(now: datetime | None = None) -> list[int]:
+    """Orders in `pending_cancel` untouched for ORDERS_STUCK_AFTER_SECONDS (their cancel task gave up, or the
+    broker is slow to confirm): asking the broker again is safe, a cancel is idempotent."""
+    cutoff = (now or utcnow()) - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    return list(db.session.scalars(select(Order.id).where(Order.status == S.PENDING_CANCEL, Order.updated_at < cutoff)))
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 def list_orders(user, *, status=None, cursor=None, limit=DEFAULT_PAGE_SIZE) -> tuple[list[Order], str | None]:
