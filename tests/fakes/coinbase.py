@@ -128,7 +128,10 @@ def create_app(redirect_uris: list[str]) -> Flask:
     @app.get(prefix + "/orders/historical/fills")
     def fills():
         wanted = set(request.args.getlist("order_ids"))
-        return jsonify({"fills": [f for f in state.fills if not wanted or f["order_id"] in wanted], "cursor": ""})
+        matching = [f for f in state.fills if not wanted or f["order_id"] in wanted]
+        start, limit = int(request.args.get("cursor") or 0), int(request.args.get("limit") or 100)
+        following = str(start + limit) if start + limit < len(matching) else ""
+        return jsonify({"fills": matching[start:start + limit], "cursor": following})
 
     @app.get(prefix + "/best_bid_ask")
     def best_bid_ask():

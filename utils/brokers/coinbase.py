@@ -16,7 +16,8 @@ from utils import market_data
 from utils.brokers import oauth
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
 from utils.brokers.transport import BrokerHttp
-from utils.errors import BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound
+from utils.errors import (BrokerRejected, BrokerUnavailable, InsufficientFunds, InvalidSymbol, OrderNotCancelable,
+                          OrderNotFound)
 from utils.market_data import Quote
 
 STATUS_MAP = {"FILLED": "filled", "CANCELLED": "cancelled", "EXPIRED": "expired", "FAILED": "rejected",
@@ -84,8 +85,19 @@ class CoinbaseBroker(Broker):
 
     def get_order(self, broker_order_id: str) -> BrokerOrder:
         order = self._get(f"/orders/historical/{broker_order_id}")["order"]
-        fills = self._get("/orders/historical/fills", order_ids=broker_order_id).get("fills", [])
-        return _to_order(order, fills)
+        return _to_order(order, self._all_fills(broker_order_id))
+
+    def _all_fills(self, broker_order_id: str) -> list[dict]:
+        """Every fill of the order, page by page (Coinbase pages fills with a cursor)."""
+        fills, cursor = [], ""
+        for _page in range(MAX_FILL_PAGES):
+            page = self._get("/orders/historical/fills", order_ids=broker_order_id, limit=FILL_PAGE_SIZE,
+                             **({"cursor": cursor} if cursor else {}))
+            fills.extend(page.get("fills", []))
+            cursor = page.get("cursor") or ""
+            if not cursor:
+                return fills
+        raise BrokerUnavailable(f"Coinbase listed more than {MAX_FILL_PAGES} pages of fills for one order.")
 
     def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         for order in self._get("/orders/historical/batch", limit=250).get("orders", []):
@@ -137,6 +149,10 @@ class CoinbaseBroker(Broker):
                          quantity=Decimal(w["available_balance"]["value"]), average_price=Decimal("0"))
                 for w in self._wallets()
                 if w["currency"] not in FIAT and Decimal(w["available_balance"]["value"]) > 0]
+
+
+FILL_PAGE_SIZE = 100
+MAX_FILL_PAGES = 50  # 5,000 executions for one order; more is an answer we do not trust
 
 
 def _to_order(order: dict, fills: list[dict]) -> BrokerOrder:

@@ -1,5 +1,5 @@
-"""Coinbase edits an order in place (the replacement keeps the broker order id): fills made before the
-edit belong to the replaced order and are never counted again on its replacement."""
+"""Coinbase fills: every page of an order's executions is read, and an edit in place (the replacement keeps
+the broker order id) never counts fills made before the edit again."""
 from __future__ import annotations
 
 import uuid
@@ -70,3 +70,13 @@ def test_fills_recorded_before_an_edit_in_place_are_not_counted_again_on_the_edi
     db.session.commit()
     assert [fill.quantity for fill in edited.fills] == [Decimal("0.3")]
     assert db.session.get(Trade, first.trade_id).quantity == Decimal("0.7")
+
+
+def test_every_page_of_an_orders_fills_is_read(coinbase, fakes, db):
+    from utils import orders
+    order = _resting_limit(db, coinbase)
+    for _ in range(250):  # three pages of 100
+        _execute_at_coinbase(fakes, order.broker_order_id, "0.002", "2899")
+    orders.sync_order(order.id)
+    db.session.commit()
+    assert len(order.fills) == 250 and order.filled_quantity == Decimal("0.5")
