@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from tests.conftest import execute_in_process, wait_for
+from tests.conftest import wait_for
 
 
 def test_recovery_asks_again_for_a_cancel_that_was_given_up(db, user, set_price, celery_worker):
@@ -17,7 +17,10 @@ def test_recovery_asks_again_for_a_cancel_that_was_given_up(db, user, set_price,
     set_price("AAPL", "105")
     order, _ = orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "3", "type": "limit",
                                          "limit_price": "100", "time_in_force": "day"})
-    execute_in_process(db, order.id)
+    def resting():
+        db.session.expire_all()
+        return db.session.get(Order, order.id).status == "submitted"
+    wait_for(resting, message="the limit order resting at the paper broker")  # sent by the running worker
     orders.transition(order, "pending_cancel", detail="cancel requested; its task then gave up")
     db.session.execute(update(Order).where(Order.id == order.id).values(updated_at=utcnow() - timedelta(minutes=5)))
     db.session.commit()
