@@ -601,7 +601,11 @@ def fills_before_edit(order: Order) -> list[Fill]:
 def _record_unlisted_fill(order: Order, broker_order: BrokerOrder, earlier: list[Fill]) -> None:
     """A broker that reports only running totals (E*TRADE) says how much is filled and at what average, not
     each execution: the quantity beyond ours becomes one fill, priced so that our average equals the
-    broker's and identified by the total it brings us to (so polling again records nothing twice)."""
+    broker's and identified by the total it brings us to (so polling again records nothing twice).
+    Brokers that list executions are never topped up from totals: a list that lags the totals would
+    otherwise be counted twice once it catches up."""
+    if broker_order.executions_listed:
+        return
     recorded = [*order.fills, *earlier]
     missing = broker_order.filled_quantity - sum((fill.quantity for fill in recorded), Decimal("0"))
     if missing <= 0 or not broker_order.average_fill_price:

@@ -80,3 +80,22 @@ def test_every_page_of_an_orders_fills_is_read(coinbase, fakes, db):
     orders.sync_order(order.id)
     db.session.commit()
     assert len(order.fills) == 250 and order.filled_quantity == Decimal("0.5")
+
+
+def test_a_fills_list_that_lags_the_order_totals_is_never_topped_up_and_counted_twice(coinbase, fakes, db):
+    """Coinbase's order says 0.4 filled before its fills list shows the execution: nothing is recorded from
+    the total, and the execution is recorded once when it appears."""
+    from utils import orders
+    order = _resting_limit(db, coinbase)
+    state = fakes["coinbase"].server.server.app.config["state"]
+    _execute_at_coinbase(fakes, order.broker_order_id, "0.4", "2899")
+    lagging = state.fills.pop()  # the total moved, the list has not caught up yet
+    orders.sync_order(order.id)
+    db.session.commit()
+    assert order.fills == [] and order.filled_quantity == 0
+
+    state.fills.append(lagging)
+    orders.sync_order(order.id)
+    orders.sync_order(order.id)
+    db.session.commit()
+    assert [fill.quantity for fill in order.fills] == [Decimal("0.4")] and order.filled_quantity == Decimal("0.4")

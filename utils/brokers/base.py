@@ -56,6 +56,7 @@ class BrokerOrder:
     reject_reason: str | None = None
     replaced_by: str | None = None
     total_fees: Decimal | None = None  # all fees so far, from brokers that report totals instead of executions
+    executions_listed: bool = True     # False: the broker reports only running totals (E*TRADE), no executions
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def _to_order(order: dict, client_order_id: str | None) -> BrokerOrder:
     fees = Decimal(str(instrument.get("estimatedCommission", 0))) if status == "filled" else None
     return BrokerOrder(broker_order_id=str(order["orderId"]), client_order_id=client_order_id, status=status,
                        symbol=instrument["Product"]["symbol"], quantity=quantity, filled_quantity=filled,
-                       average_fill_price=price if filled else None, total_fees=fees)
+                       average_fill_price=price if filled else None, total_fees=fees, executions_listed=False)
 
 
 def _message(response) -> str:
