@@ -181,3 +181,15 @@ def test_a_partly_filled_order_cancelled_at_etrade_keeps_its_fill(etrade_order, 
     assert order.status == "cancelled" and order.filled_quantity == Decimal("3")
     trade = db.session.get(Trade, order.trade_id)
     assert trade.quantity == Decimal("3") and trade.status == "open"
+
+
+def test_an_order_beyond_the_first_page_of_the_listing_is_still_found_by_its_client_id(etrade):
+    """E*TRADE lists orders newest first, 100 a page: the lookup that keeps a resend from doubling an order
+    must follow the marker to older pages."""
+    request = _order("limit", "1", limit="150.00")
+    target = etrade.place_order(request)
+    for _ in range(120):  # newer orders push the target onto the second page
+        etrade.place_order(_order("limit", "1", limit="150.00"))
+    found = etrade.find_order_by_client_id(request.client_order_id)
+    assert found is not None and found.broker_order_id == target.broker_order_id
+    assert etrade.place_order(request).broker_order_id == target.broker_order_id  # no second order

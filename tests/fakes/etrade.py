@@ -289,7 +289,13 @@ def create_app() -> Flask:
 
     @app.get("/v1/accounts/<key>/orders.json")
     def list_orders(key):
-        return jsonify({"OrdersResponse": {"Order": [o for o in state.orders.values() if o["_key"] == key]}})
+        """Newest first, `count` a page (at most 100); `marker` continues where the last page stopped."""
+        mine = sorted((o for o in state.orders.values() if o["_key"] == key), key=lambda o: -o["orderId"])
+        start, count = int(request.args.get("marker") or 0), min(int(request.args.get("count") or 25), 100)
+        page = {"Order": mine[start:start + count]}
+        if start + count < len(mine):
+            page.update(marker=str(start + count), next=f"{request.base_url}?marker={start + count}")
+        return jsonify({"OrdersResponse": page})
 
     @app.get("/v1/accounts/<key>/orders/<int:order_id>.json")
     def get_order(key, order_id):

@@ -255,12 +255,26 @@ class ETradeBroker(Broker):
         return _to_order(body["OrdersResponse"]["Order"][0], client_order_id)
 
     def find_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        return self._find_by_key(client_order_id, utcnow() - timedelta(days=1))
+
+    def find_sent_order(self, request: OrderRequest, sent_since: datetime,
+                        known_broker_ids: frozenset[str]) -> BrokerOrder | None:
+        return self._find_by_key(request.client_order_id, sent_since)
+
+    def _find_by_key(self, client_order_id: str, since: datetime) -> BrokerOrder | None:
+        """Our order by its clientOrderId among the account's orders since `since`, every page (marker)."""
         key = client_order_key(client_order_id)
-        body = self._call("GET", f"{self._base}/orders.json", params={"count": 100})
-        for order in (body or {}).get("OrdersResponse", {}).get("Order", []):
-            if order.get("clientOrderId") == key:
-                return _to_order(order, client_order_id)
-        return None
+        params = {"count": ORDER_PAGE_SIZE, "fromDate": _etrade_date(since - timedelta(days=1)),
+                  "toDate": _etrade_date(utcnow() + timedelta(days=1))}
+        for _page in range(MAX_ORDER_PAGES):
+            listing = (self._call("GET", f"{self._base}/orders.json", params=params) or {}).get("OrdersResponse", {})
+            for order in listing.get("Order", []):
+                if order.get("clientOrderId") == key:
+                    return _to_order(order, client_order_id)
+            if not listing.get("marker"):
+                return None
+            params = {**params, "marker": listing["marker"]}
+        raise BrokerUnavailable(f"E*TRADE listed more than {MAX_ORDER_PAGES} pages of orders; try again later.")
 
     def cancel_order(self, broker_order_id: str) -> BrokerOrder:
         response = self.http.request("PUT", f"{self._base}/orders/cancel.json",
@@ -301,6 +315,15 @@ class ETradeBroker(Broker):
 def _action(request: OrderRequest) -> str:
     instruction = request.instruction.upper()
     return instruction if instruction in ("BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER") else request.side.upper()
+
+
+ORDER_PAGE_SIZE = 100  # E*TRADE's largest page
+MAX_ORDER_PAGES = 20
+
+
+def _etrade_date(moment: datetime) -> str:
+    """E*TRADE's MMDDYYYY, in US Eastern time (its trading day)."""
+    return moment.astimezone(EASTERN).strftime("%m%d%Y")
 
 
 def _to_order(order: dict, client_order_id: str | None) -> BrokerOrder:
