@@ -543,6 +543,7 @@ def record_submission(order: Order, broker_order: BrokerOrder, adopted: bool = F
     if order.replaces_order_id:
         _mark_replaced(order.replaces_order_id, order)
     apply_broker_order(order, broker_order)
+    trades.exit_sent(order)
 
 
 def _mark_replaced(old_order_id: int, new_order: Order) -> None:

@@ -400,7 +400,7 @@ def on_exit_filled(trade: Trade) -> None:
     (flushes; never raises for a broker problem)."""
     if trade.status == TradeStatus.CLOSED:
         for order in working_exits(trade.id):
-            _withdraw(order)
+            withdraw_exit(order)
         return
     if trade.status != TradeStatus.OPEN:
         return
@@ -440,7 +440,7 @@ def sync_broker_stop(trade: Trade) -> Order | None:
     if trade.status != TradeStatus.OPEN or trade.stop_loss_price is None or quantity <= 0 \
             or not broker_stops_enabled(trade):
         for order in working:
-            _withdraw(order)
+            withdraw_exit(order)
         return None
     current = working[-1] if working else None
     if current is None or current.status == S.PENDING_CANCEL:
@@ -496,7 +496,7 @@ def _rewrite_pending(order: Order, quantity: Decimal, stop_price: Decimal) -> bo
     return True
 
 
-def _withdraw(order: Order) -> None:
+def withdraw_exit(order: Order) -> None:
     """Cancel an exit (a stop) that is no longer wanted through the orders path (the worker tells the broker)."""
     if order.status == S.PENDING:
         orders.transition(order, S.CANCELLED, detail="withdrawn before it was sent")

@@ -180,6 +180,17 @@ def _reduce(trade: Trade, order: Order, fill) -> None:
     stoploss.on_exit_filled(trade)
 
 
+def exit_sent(order: Order) -> None:
+    """An exit that reached the broker after a fill already closed its trade (it was being sent meanwhile)
+    is withdrawn at once: there is nothing left for it to sell (flushes)."""
+    if order.purpose == OrderPurpose.ENTRY or not order.trade_id:
+        return
+    trade = db.session.get(Trade, order.trade_id)
+    if trade is not None and trade.status == T.CLOSED:
+        from utils import stoploss
+        stoploss.withdraw_exit(order)
+
+
 def entry_finished(order: Order) -> None:
     """Tidy the trade when an order ends: an entry that never filled cancels its trade; a failed exit
     hands a `closing` trade back to `open` (flushes)."""

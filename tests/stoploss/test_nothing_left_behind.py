@@ -51,3 +51,40 @@ def test_a_limit_exit_filled_at_the_broker_withdraws_the_broker_stop(db, user, c
     assert resting_paper_stops(db, trade.id) == []
     set_price("AAPL", "90")  # the withdrawn stop must not sell again
     assert paper_quantity(db, user) == 0 and fresh(db, type(stop), stop.id).filled_quantity == 0
+
+
+def test_an_exit_still_being_sent_when_a_fill_closed_the_trade_is_withdrawn_once_it_arrives(db, user, set_price):
+    """No worker: each step runs here. The user's limit sell is being sent while the broker-side stop fills
+    and closes the trade; when the limit sell reaches the broker it is withdrawn at once, never left to sell."""
+    from models import Order, PaperOrder, Trade
+    from tests.conftest import execute_in_process
+    from utils import orders, stoploss
+    from utils.brokers import paper
+    set_price("AAPL", "100")
+    entry, _ = orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "10", "type": "market",
+                                         "stop_loss_price": "95"})
+    execute_in_process(db, entry.id)
+    [stop] = stoploss.working_stops(entry.trade_id)
+    execute_in_process(db, stop.id)
+    limit_exit, _ = orders.place_order(user, {"symbol": "AAPL", "side": "sell", "instruction": "SELL", "type": "limit",
+                                              "limit_price": "120", "quantity": "10", "trade_id": entry.trade_id})
+    orders.claim_submission(limit_exit.id)  # its send has begun
+    db.session.commit()
+
+    set_price("AAPL", "90")
+    paper.match_resting_orders(["AAPL"])  # the stop fills at the broker
+    orders.sync_order(stop.id)
+    db.session.commit()
+    assert db.session.get(Trade, entry.trade_id).status == "closed"
+
+    orders.record_answer(limit_exit.id, orders.send_claimed(limit_exit.id))  # the limit sell arrives only now
+    db.session.commit()
+    assert limit_exit.status == "pending_cancel"
+    orders.request_broker_cancel(limit_exit.id)  # what the queued orders.cancel does
+    db.session.commit()
+    set_price("AAPL", "121")
+    paper.match_resting_orders(["AAPL"])
+    db.session.commit()
+    assert db.session.get(Order, limit_exit.id).status == "cancelled"
+    paper_copy = db.session.query(PaperOrder).filter_by(client_order_id=limit_exit.client_order_id).one()
+    assert paper_copy.status == "cancelled" and paper_copy.filled_quantity == 0
