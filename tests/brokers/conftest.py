@@ -13,6 +13,7 @@ from tests.fakes import coinbase as fake_coinbase
 from tests.fakes import etrade as fake_etrade
 from tests.fakes import schwab as fake_schwab
 from tests.fakes.runner import ThreadedServer
+from tests.fakes.serve import settings as fake_settings
 
 PUBLIC_BASE_URL = "http://localhost"
 
@@ -51,18 +52,8 @@ def fakes(fake_servers):
 
 
 def broker_settings(fakes) -> dict:
-    schwab, coinbase = fakes["schwab"].url, fakes["coinbase"].url
-    return {
-        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-        "SCHWAB_CLIENT_ID": fake_schwab.CLIENT_ID, "SCHWAB_CLIENT_SECRET": fake_schwab.CLIENT_SECRET,
-        "SCHWAB_AUTHORIZE_URL": f"{schwab}/v1/oauth/authorize", "SCHWAB_TOKEN_URL": f"{schwab}/v1/oauth/token",
-        "SCHWAB_API_BASE_URL": schwab,
-        "COINBASE_CLIENT_ID": fake_coinbase.CLIENT_ID, "COINBASE_CLIENT_SECRET": fake_coinbase.CLIENT_SECRET,
-        "COINBASE_AUTHORIZE_URL": f"{coinbase}/oauth2/auth", "COINBASE_TOKEN_URL": f"{coinbase}/oauth2/token",
-        "COINBASE_API_BASE_URL": f"{coinbase}/api/v3/brokerage",
-        "ETRADE_CONSUMER_KEY": fake_etrade.CONSUMER_KEY, "ETRADE_CONSUMER_SECRET": fake_etrade.CONSUMER_SECRET,
-        "ETRADE_API_BASE_URL": fakes["etrade"].url, "ETRADE_AUTHORIZE_URL": f"{fakes['etrade'].url}/e/t/etws/authorize",
-    }
+    """The variables that point Tradewarden at the running fakes (the same mapping `make run FAKE_BROKERS=1` uses)."""
+    return fake_settings(PUBLIC_BASE_URL, {name: fake.server.port for name, fake in fakes.items()})
 
 
 @pytest.fixture
