@@ -9,6 +9,7 @@ A user and an API key are created directly in the database. Two phases:
 2. paced: orders at 50 per second; p99 submit-to-filled latency.
 
 The fill time is the order's `completed_at` in the database (same clock as the client).
+BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run.
 The last line printed is JSON with the figures and the targets.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Stack:
                     "DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
                     "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0", "TRADEWARDEN_ENV": "development",
                     "MARKET_DATA_SOURCE": "manual", "API_RATE_LIMIT": "10000000/minute",
-                    "PORT": str(self.web_port), "WEB_CONCURRENCY": "2", "WEB_THREADS": "8",
+                    "PORT": str(self.web_port), "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),
                     "STORAGE_DIR": str(directory / "files"), "PYTHONUNBUFFERED": "1"}
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
 

@@ -203,10 +203,16 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
     return config
 
 
+def _engine_options(database_url: str) -> dict:
+    """A pre-ping (one round trip per checkout) finds server connections dropped while idle; a SQLite file
+    has none to drop."""
+    return {"pool_pre_ping": not database_url.startswith("sqlite")}
+
+
 def _flask_settings(config: dict, local: bool) -> dict:
     """Settings for Flask and its extensions, derived from the validated values."""
     return {
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(config["SQLALCHEMY_DATABASE_URI"]),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": not local,

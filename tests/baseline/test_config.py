@@ -128,3 +128,12 @@ def test_the_order_retry_backoff_base_is_a_decimal_number_of_seconds():
     assert load_config(env=env())["ORDERS_RETRY_BASE_SECONDS"] == "1"
     assert load_config(env=env(ORDERS_RETRY_BASE_SECONDS="0.25"))["ORDERS_RETRY_BASE_SECONDS"] == "0.25"
     assert "ORDERS_RETRY_BASE_SECONDS" in error_for(ORDERS_RETRY_BASE_SECONDS="soon")
+
+
+def test_only_server_databases_pay_for_a_connection_pre_ping():
+    """A pre-ping is a round trip on every checkout: worth it for a server that drops idle connections,
+    pure cost for a SQLite file (the order path checks out a connection several times per order)."""
+    sqlite = load_config(env=env(DATABASE_URL="sqlite:////tmp/tradewarden-config-test.db"))
+    postgres = load_config(env=env(DATABASE_URL="postgresql://tw@db.internal/tradewarden"))
+    assert sqlite["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False
+    assert postgres["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True
