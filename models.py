@@ -274,6 +274,9 @@ class Order(TimestampMixin, db.Model):
     trade_id: Mapped[int | None] = mapped_column(ForeignKey("trades.id"), index=True)
     replaces_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # The last send failed in a way that does not prove the broker never got it (a timeout, a 5xx): until
+    # the broker answers a lookup, the order must not be called `failed`.
+    send_outcome_unknown: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     stop_loss_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     take_profit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     trailing_stop_percent: Mapped[Decimal | None] = mapped_column(ExactDecimal)

@@ -83,6 +83,8 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
             db.session.commit()
     except BrokerUnavailable as error:
         db.session.rollback()
+        order_service.note_send_failure(order_id, error)
+        db.session.commit()
         # Counted on the order (not per Celery message), so a recovery resend cannot restart the count.
         if attempt > ORDER_SEND_MAX_RETRIES:
             order_service.fail_submission(order_id, f"broker unreachable after {attempt} attempts: {error.message}")

@@ -83,9 +83,13 @@ class BrokerError(DomainError):
 
 
 class BrokerUnavailable(BrokerError):
-    """The broker could not be reached or answered 5xx/429: the only retryable broker error."""
+    """The broker could not be reached or answered 5xx/429: the only retryable broker error.
+
+    `may_have_arrived` is set when a request that changes something (an order sent) failed in a way that
+    does not prove the broker never got it: a read timeout, a dropped connection, a 5xx answer."""
 
     status, code, message = 503, "broker_unavailable", "The broker is unreachable right now."
+    may_have_arrived = False
 
 
 class BrokerAuthExpired(BrokerError):

@@ -27,7 +27,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Callable, Iterator
 
 from prometheus_client import Counter
-from sqlalchemy import Integer, String, func, select, type_coerce, update
+from sqlalchemy import Boolean, Integer, String, func, select, type_coerce, update
 
 from models import (ExportFormat, ExportJob, ExportJobStatus, Fill, Order, StoredFile, Trade, TradeStatus, User,
                     utcnow)
@@ -183,12 +183,14 @@ def _kind(column) -> str:
         return "time"
     if isinstance(column.type, ExactDecimal):
         return "decimal"
+    if isinstance(column.type, Boolean):
+        return "bool"
     return "int" if isinstance(column.type, Integer) else "text"
 
 
 def _raw(column):
     """The column without result conversion (text on SQLite; the driver's Decimal/datetime elsewhere)."""
-    return column if isinstance(column.type, Integer) else type_coerce(column, String())
+    return column if isinstance(column.type, (Integer, Boolean)) else type_coerce(column, String())
 
 
 def _columns(table, names, refs: dict[str, tuple[str, str]]) -> tuple[Column, ...]:

@@ -475,7 +475,7 @@ def record_answer(order_id: int, answer: BrokerAnswer) -> None:
 def _send(order: Order, broker) -> BrokerAnswer:
     if order.submit_attempts > 1:
         found = broker.read_back(lambda: broker.find_sent_order(broker_request(order), order.created_at,
-                                                                _known_broker_ids(order)))
+                                                                _known_broker_ids(order)), accepted=False)
         if found is not None:
             log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)
@@ -486,8 +486,34 @@ def _send(order: Order, broker) -> BrokerAnswer:
         _catch_up(replaced, broker)
         if replaced.status != S.SUBMITTED:  # it filled (in part) or ended since the replace was asked for
             raise BrokerRejected(f"Order {replaced.id} is {replaced.status} at the broker now, so it was not replaced.")
-        return BrokerAnswer(broker.replace_order(replaced.broker_order_id, broker_request(order)))
-    return BrokerAnswer(broker.place_order(broker_request(order)))
+        return _sending(lambda: broker.replace_order(replaced.broker_order_id, broker_request(order)))
+    return _sending(lambda: broker.place_order(broker_request(order)))
+
+
+def _sending(send) -> BrokerAnswer:
+    """Call the broker's place or replace. Reaching this call means no earlier send of the order is in
+    doubt (there was none, or the broker's lookup just said it has no copy), so a BrokerUnavailable from
+    it says all there is to know about whether the broker may have the order (`settles_earlier_sends`)."""
+    try:
+        return BrokerAnswer(send())
+    except BrokerUnavailable as error:
+        error.settles_earlier_sends = True
+        raise
+
+
+def note_send_failure(order_id: int, error: BrokerUnavailable) -> None:
+    """Remember whether the broker may have the order after a failed send (flushes): yes when the send may
+    have arrived; no when the send was refused and no earlier send is in doubt; unchanged when the failure
+    came before the send (the lookup of an earlier send did not answer)."""
+    if error.may_have_arrived:
+        unknown = True
+    elif getattr(error, "settles_earlier_sends", False):
+        unknown = False
+    else:
+        return
+    db.session.execute(update(Order).where(Order.id == order_id, Order.status == S.SUBMITTING)
+                       .values(send_outcome_unknown=unknown).execution_options(synchronize_session=False))
+    db.session.flush()
 
 
 def _catch_up(order: Order, broker) -> None:
@@ -557,13 +583,24 @@ def _reject(order: Order, reason: str) -> None:
     trades.entry_finished(order)
 
 
-def fail_submission(order_id: int, reason: str) -> None:
-    """Give up on a `submitting` order after the retries (broker unreachable): `failed` (flushes)."""
+def fail_submission(order_id: int, reason: str) -> bool:
+    """Give up on a `submitting` order after the retries (broker unreachable): `failed` (flushes).
+
+    Not while a send may have reached the broker (`send_outcome_unknown`): calling that order failed could
+    leave a live order at the broker that nobody watches. It stays `submitting`, and the recovery sweep
+    asks the broker again until it answers, then adopts its copy or sends again. Returns whether it failed."""
     order = db.session.get(Order, order_id)
     if order is None or order.status != S.SUBMITTING:
-        return
+        return False
+    if order.send_outcome_unknown:
+        db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
+                                  detail=f"{reason[:160]}; the broker may have the order, so it is not called "
+                                         "failed: the recovery sweep asks it again"))
+        db.session.flush()
+        return False
     transition(order, S.FAILED, detail=reason, reject_reason=reason[:255])
     trades.entry_finished(order)
+    return True
 
 
 # --- fills and broker status --------------------------------------------------------------------

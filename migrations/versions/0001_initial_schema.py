@@ -313,6 +313,7 @@ def upgrade():
     sa.Column('trade_id', sa.Integer(), nullable=True),
     sa.Column('replaces_order_id', sa.Integer(), nullable=True),
     sa.Column('submit_attempts', sa.Integer(), nullable=False),
+    sa.Column('send_outcome_unknown', sa.Boolean(), nullable=False),
     sa.Column('stop_loss_price', utils.dbtypes.ExactDecimal(), nullable=True),
     sa.Column('take_profit_price', utils.dbtypes.ExactDecimal(), nullable=True),
     sa.Column('trailing_stop_percent', utils.dbtypes.ExactDecimal(), nullable=True),

@@ -32,6 +32,8 @@ def _parse_cell(model, name: str, text):
         return datetime.fromisoformat(text)
     if kind == "Integer":
         return int(text)
+    if kind == "Boolean":
+        return {"True": True, "False": False}.get(text, text)
     return text
 
 

@@ -24,6 +24,7 @@ class SchwabState:
     def __init__(self):
         self.lock = threading.RLock()
         self.failures = FailureScript()
+        self.lost_answers = FailureScript()  # calls that are carried out, then answered with this status
         self.reset()
 
     def reset(self):
@@ -65,6 +66,15 @@ def create_app(redirect_uris: list[str]) -> Flask:
             return jsonify({"errors": [{"id": str(uuid.uuid4()), "status": 401, "title": "Unauthorized",
                                         "detail": "Client not authorized"}]}), 401
         return None
+
+    @app.after_request
+    def lose_answer(response):
+        """A gateway error after Schwab acted (the order exists, the caller hears 5xx): `lost_answers`."""
+        if request.path.startswith("/trader/"):
+            lost = state.lost_answers.take()
+            if lost:
+                return service_error(lost, "Gateway timeout")
+        return response
 
     @app.get("/trader/v1/accounts/accountNumbers")
     def account_numbers():

@@ -205,3 +205,59 @@ def test_a_remote_order_counts_as_stuck_in_submitting_only_after_the_send_time_l
 
     assert stuck_after(60) == {paper.id}  # past ORDERS_STUCK_AFTER_SECONDS (30), inside the send time limit
     assert stuck_after(jobs.TASK_TIME_LIMIT_SECONDS + 31) == {paper.id, schwab_order.id}
+
+
+def test_an_order_whose_send_may_have_reached_schwab_is_never_called_failed_and_is_adopted_later(
+        db, celery_worker, schwab_order, schwab_port):
+    """Schwab takes the order but its answer is lost (a 502 after it acted), and every lookup after that
+    fails too. Calling the order `failed` would leave a live order at Schwab that nobody watches (and the
+    user would place it again): it stays `submitting` until Schwab answers, then recovery adopts its copy."""
+    from sqlalchemy import update
+
+    from models import Order
+    from utils import jobs
+    from utils.dbtypes import utcnow
+    server = fake_schwab_on(schwab_port).start()
+    state = server.server.app.config["state"]
+    try:
+        state.lost_answers.push([502])  # the POST is carried out, its answer lost
+        state.failures.push([0] + [503] * 200)  # then nothing answers the lookups
+        execute(db, schwab_order)
+        order = wait_for(lambda: _kept_submitting(reloaded(db, schwab_order)), timeout=60,
+                         message="the retries to end without calling the order failed")
+        assert order.status == "submitting" and order.send_outcome_unknown
+        assert len(state.orders) == 1  # Schwab has it
+
+        state.failures.queue.clear()  # Schwab answers again; recovery runs once the send time limit passed
+        db.session.execute(update(Order).where(Order.id == order.id).values(updated_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+        jobs.send_now(jobs.ORDERS_RECOVER)
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
+                         message="the recovered order to fill")
+    finally:
+        server.stop()
+
+    assert len(state.orders) == 1  # adopted, never sent twice
+    assert order.broker_order_id == str(next(iter(state.orders)))
+    assert order.filled_quantity == Decimal("10") and sum(fill.quantity for fill in order.fills) == Decimal("10")
+    assert "failed" not in [event.to_status for event in order.events]
+
+
+def _kept_submitting(order):
+    return order if any("not called failed" in (event.detail or "") for event in order.events) else None
+
+
+def test_a_send_refused_before_it_reached_the_broker_is_not_in_doubt():
+    """Only a connection never made proves the broker did not get an order; a 429 was not acted on."""
+    import requests
+
+    from utils.brokers.transport import BrokerHttp
+    from utils.errors import BrokerUnavailable
+    refused = BrokerHttp(f"http://127.0.0.1:{free_port()}", dict, "Schwab")
+    with pytest.raises(BrokerUnavailable) as raised:
+        refused.request("POST", "/orders", json={})
+    assert raised.value.may_have_arrived is False
+    with pytest.raises(BrokerUnavailable) as raised:
+        refused.request("GET", "/orders")
+    assert raised.value.may_have_arrived is False
+    assert isinstance(raised.value.__cause__, requests.ConnectionError)

@@ -95,14 +95,21 @@ class Broker(abc.ABC):
         """The order we sent with this client_order_id, or None if the broker never received it."""
 
     @staticmethod
-    def read_back(lookup: Callable[[], BrokerOrder | None]) -> BrokerOrder | None:
-        """Read back an order the broker has just accepted. A failure now must not look like a rejection
-        (the order exists at the broker): it becomes BrokerUnavailable, so the send is retried and the
-        retry finds the order by `find_sent_order` instead of recording it as rejected."""
+    def read_back(lookup: Callable[[], BrokerOrder | None], accepted: bool = True) -> BrokerOrder | None:
+        """Read back an order the broker has just `accepted` (or, with accepted=False, look for one it may
+        have). A failure now must not look like a rejection (the order may exist at the broker): it becomes
+        BrokerUnavailable, so the send is retried and the retry finds the order by `find_sent_order` instead
+        of recording it as rejected. After an acceptance that error says the order reached the broker."""
         try:
             return lookup()
+        except BrokerUnavailable as error:
+            error.may_have_arrived = error.may_have_arrived or accepted
+            raise
         except (BrokerRejected, BrokerAuthExpired, OrderNotFound) as error:
-            raise BrokerUnavailable(f"The broker took the order but did not show it yet: {error.message}") from None
+            unavailable = BrokerUnavailable(f"The broker took the order but did not show it yet: {error.message}"
+                                            if accepted else f"The broker did not answer the lookup: {error.message}")
+            unavailable.may_have_arrived = accepted
+            raise unavailable from None
 
     def find_sent_order(self, request: OrderRequest, sent_since: datetime,
                         known_broker_ids: frozenset[str]) -> BrokerOrder | None:

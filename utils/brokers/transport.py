@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from utils.errors import BrokerAuthExpired, BrokerUnavailable
 
@@ -42,7 +43,8 @@ class BrokerHttp:
                                                 **{k: v for k, v in kwargs.items() if k != "headers"})
             except (requests.ConnectionError, requests.Timeout) as error:
                 if not safe or attempt == MAX_ATTEMPTS:
-                    raise BrokerUnavailable(f"{self.broker_name} could not be reached.") from error
+                    raise _unavailable(f"{self.broker_name} could not be reached.", method,
+                                       _may_have_arrived(error)) from error
                 _sleep(attempt, None)
                 continue
             if response.status_code == 401:
@@ -52,11 +54,26 @@ class BrokerHttp:
                 return response
             if (not throttled and not safe) or attempt == MAX_ATTEMPTS \
                     or _retry_after(response) > MAX_RETRY_AFTER_SECONDS:
-                raise BrokerUnavailable(f"{self.broker_name} is unavailable (HTTP {response.status_code}).",
-                                        details={"status": response.status_code})
+                raise _unavailable(f"{self.broker_name} is unavailable (HTTP {response.status_code}).", method,
+                                   not throttled, details={"status": response.status_code})
             log.info("%s answered %s; retrying (attempt %s)", self.broker_name, response.status_code, attempt)
             _sleep(attempt, _retry_after(response))
         raise BrokerUnavailable(f"{self.broker_name} is unavailable.")  # unreachable; keeps type checkers calm
+
+
+def _unavailable(message: str, method: str, may_have_arrived: bool, **kwargs) -> BrokerUnavailable:
+    error = BrokerUnavailable(message, **kwargs)
+    error.may_have_arrived = method not in ("GET", "HEAD") and may_have_arrived
+    return error
+
+
+def _may_have_arrived(error: requests.RequestException) -> bool:
+    """Only a connection that was never made proves the broker did not get the request (refused or
+    timed out while connecting); a read timeout or a dropped connection may come after it acted."""
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    reason = error.args[0] if error.args else None
+    return not isinstance(getattr(reason, "reason", reason), NewConnectionError)
 
 
 def _retry_after(response: requests.Response) -> float:
