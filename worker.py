@@ -75,12 +75,13 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     if attempt is None:
         return
     try:
-        answer = order_service.send_claimed(order_id)
-        db.session.commit()  # the broker's side is durable before we record its answer
-        if answer is not None:
-            order_service.pause_for_fault_injection(order_id)
-            order_service.record_answer(order_id, answer)
-            db.session.commit()
+        with order_service.send_turn(order_id):
+            answer = order_service.send_claimed(order_id)
+            db.session.commit()  # the broker's side is durable before we record its answer
+            if answer is not None:
+                order_service.pause_for_fault_injection(order_id)
+                order_service.record_answer(order_id, answer)
+                db.session.commit()
     except BrokerUnavailable as error:
         db.session.rollback()
         order_service.note_send_failure(order_id, error)

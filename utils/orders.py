@@ -464,6 +464,43 @@ def send_claimed(order_id: int) -> BrokerAnswer | None:
         return None
 
 
+SEND_LOCK_SECONDS = 120  # longer than one send with its HTTP retries and timeouts
+SEND_LOCK_WAIT_SECONDS = 30
+
+
+def send_lock(connection_id: int):
+    """The Redis lock that lets one send at a time through to a broker account (see send_turn)."""
+    return risk.cache_redis().lock(f"tradewarden:lock:send:{connection_id}", timeout=SEND_LOCK_SECONDS,
+                                   blocking_timeout=SEND_LOCK_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def send_turn(order_id: int):
+    """Hold the account's send lock from the send to the recording of its answer, at a broker that does not
+    keep our client_order_id (Schwab). A resend there finds a lost order by its details among the orders
+    not yet recorded as ours; another identical order of ours in flight at that moment would be taken for
+    it. Waiting our turn means every earlier send is recorded before a lookup runs. Busy → BrokerUnavailable
+    (retried, and nothing was sent)."""
+    from utils.brokers import keeps_client_order_id
+    order = db.session.get(Order, order_id)
+    connection = db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
+    if connection is None or keeps_client_order_id(connection):
+        yield
+        return
+    lock = send_lock(connection.id)
+    try:
+        acquired = lock.acquire()
+    except redis_lib.RedisError:
+        raise BrokerUnavailable("Sending is paused: the lock service is unavailable.") from None
+    if not acquired:
+        raise BrokerUnavailable("Another order on this broker account is being sent; trying again shortly.")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis_lib.RedisError):
+            lock.release()
+
+
 def record_answer(order_id: int, answer: BrokerAnswer) -> None:
     """Record the broker's answer to a send: `submitted` (or `rejected`) plus any fills (flushes)."""
     order = db.session.get(Order, order_id)

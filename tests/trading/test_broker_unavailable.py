@@ -261,3 +261,46 @@ def test_a_send_refused_before_it_reached_the_broker_is_not_in_doubt():
         refused.request("GET", "/orders")
     assert raised.value.may_have_arrived is False
     assert isinstance(raised.value.__cause__, requests.ConnectionError)
+
+
+def test_a_schwab_resend_waits_for_an_identical_order_in_flight_instead_of_adopting_it(db, celery_worker, schwab_order,
+                                                                                         schwab_port):
+    """Schwab keeps no client order id, so a resend looks for its lost order among the orders not yet recorded
+    as ours. An identical order of ours whose send is in flight (Schwab has it, its answer is not recorded)
+    must not be taken for it: the resend waits for that send's turn to end, then sends its own order."""
+    from sqlalchemy import update
+
+    from models import Order
+    from utils import jobs, orders
+    server = fake_schwab_on(schwab_port).start()
+    state = server.server.app.config["state"]
+    try:
+        twin = Order(user_id=schwab_order.user_id, broker_connection_id=schwab_order.broker_connection_id,
+                     client_order_id=f"twin-{time.time_ns()}", symbol="AAPL", asset_type="equity", side="buy",
+                     instruction="BUY", order_type="market", quantity=Decimal("10"), time_in_force="day",
+                     status="submitting", submit_attempts=1, purpose="entry")
+        db.session.add(twin)
+        db.session.commit()
+        turn = orders.send_lock(schwab_order.broker_connection_id)  # the twin's worker holds the turn...
+        assert turn.acquire(blocking=False)
+        in_flight = orders.broker_for(twin).place_order(orders.broker_request(twin))  # ...and Schwab has its order
+
+        assert orders.claim_submission(schwab_order.id) == 1  # our first send never reached Schwab
+        db.session.commit()
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id, 1)  # its retry
+        db.session.commit()
+        time.sleep(2)
+        assert reloaded(db, schwab_order).broker_order_id is None  # waiting, not adopting the twin's order
+
+        db.session.execute(update(Order).where(Order.id == twin.id).values(
+            status="submitted", broker_order_id=in_flight.broker_order_id))  # the twin's answer is recorded
+        db.session.commit()
+        turn.release()
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
+                         message="the resent order to fill")
+    finally:
+        server.stop()
+
+    assert len(state.orders) == 2  # the twin's and ours
+    assert order.broker_order_id != in_flight.broker_order_id
+    assert order.filled_quantity == Decimal("10")

@@ -38,6 +38,11 @@ def get_broker(connection) -> Broker:
     return _adapter_class(name)(connection)
 
 
+def keeps_client_order_id(connection) -> bool:
+    """Whether the connection's broker stores our client_order_id (see Broker.keeps_client_order_id)."""
+    return _adapter_class(str(getattr(connection.broker, "value", connection.broker))).keeps_client_order_id
+
+
 def _adapter_class(name: str) -> type:
     adapter = BROKER_CLASSES.get(name)
     if adapter is None:

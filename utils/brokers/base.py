@@ -78,9 +78,12 @@ class Position:
 
 
 class Broker(abc.ABC):
-    """One linked broker account. `supports_stop_orders` tells whether stops can rest at the broker."""
+    """One linked broker account. `supports_stop_orders` tells whether stops can rest at the broker;
+    `keeps_client_order_id` whether it stores our client_order_id (one that does not, Schwab, can only be
+    asked for a lost order by its details, so our sends to it go one at a time per account)."""
 
     supports_stop_orders: bool = True
+    keeps_client_order_id: bool = True
 
     @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> BrokerOrder:

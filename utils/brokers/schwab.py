@@ -40,6 +40,7 @@ def _whole(quantity: Decimal) -> int:
 
 class SchwabBroker(Broker):
     supports_stop_orders = True
+    keeps_client_order_id = False
 
     def __init__(self, connection, account=None):
         self.connection = connection
