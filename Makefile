@@ -21,10 +21,12 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: $(VENV)/.runtime
 	$(PY) -m utils.local_run $(if $(FAKE_BROKERS),--fake-brokers,)
 
-# Debian packages the tests use: a real redis-server and Chromium for the browser tests.
+# Debian packages the tests use: a real redis-server, Chromium for the browser tests, PostgreSQL for the
+# tests of the production database (they start a throwaway cluster of their own).
 test-system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium; \
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium postgresql; \
 	fi
 
 test: test-system-deps $(VENV)/.dev

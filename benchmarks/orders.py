@@ -9,7 +9,8 @@ A user and an API key are created directly in the database. Two phases:
 2. paced: orders at 50 per second; p99 submit-to-filled latency.
 
 The fill time is the order's `completed_at` in the database (same clock as the client).
-BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run.
+BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run;
+BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Stack:
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "SECRET_KEY": "bench-secret-" + "x" * 40,
                     "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-                    "DATABASE_URL": f"sqlite:///{directory / 'bench.db'}",
+                    "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{directory / 'bench.db'}",
                     "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0", "TRADEWARDEN_ENV": "development",
                     "MARKET_DATA_SOURCE": "manual", "API_RATE_LIMIT": "10000000/minute",
                     "PORT": str(self.web_port), "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),

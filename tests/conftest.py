@@ -92,6 +92,21 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The PostgreSQL of TEST_DATABASE_URL, else a throwaway cluster; skips where PostgreSQL is not installed
+    (`make test` installs it)."""
+    from tests.postgres_server import PostgresServer, ThrowawayPostgres, binaries
+    if os.environ.get("TEST_DATABASE_URL"):
+        server = PostgresServer(os.environ["TEST_DATABASE_URL"])
+    elif binaries() is None:
+        pytest.skip("PostgreSQL is not installed")
+    else:
+        server = ThrowawayPostgres(free_port()).start()
+    yield server
+    server.stop()
+
+
 # --- configuration, migrated database, app ------------------------------------------------------
 
 def base_config(redis_url: str, database_url: str, **extra) -> dict:

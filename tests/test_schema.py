@@ -1,7 +1,5 @@
 """The migrations build exactly the schema the models describe (SQLite, and PostgreSQL when asked)."""
-import os
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
@@ -32,12 +30,10 @@ def test_drift_is_detected_when_models_and_schema_disagree(tmp_path, redis_serve
     assert any(diff[0] == "add_table" for diff in schema_differences(app))
 
 
-@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"), reason="TEST_DATABASE_URL not set")
-def test_postgresql_upgrades_to_head_with_no_drift(redis_server):
-    app = create_app(base_config(redis_server.url, os.environ["TEST_DATABASE_URL"]))
+def test_postgresql_upgrades_to_head_with_no_drift(redis_server, postgres_server):
+    app = create_app(base_config(redis_server.url, postgres_server.new_database()))
     with app.app_context():
-        db.drop_all()
-        with db.engine.begin() as connection:
-            connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
         upgrade(directory=str(ROOT / "migrations"))
     assert schema_differences(app) == []
+    with app.app_context():
+        db.engine.dispose()

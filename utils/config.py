@@ -92,8 +92,12 @@ def _redis_url(env) -> str:
 
 
 def _database_url(env) -> str:
-    """DATABASE_URL; a relative SQLite path is taken from the project root, whatever the working directory."""
+    """DATABASE_URL; a relative SQLite path is taken from the project root, whatever the working directory.
+    A PostgreSQL URL without a driver (Heroku's postgres://) uses psycopg 3, the driver we install."""
     url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme):]
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
         url = f"{prefix}{ROOT / url[len(prefix):]}"

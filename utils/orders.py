@@ -581,12 +581,22 @@ def _known_broker_ids(order: Order) -> frozenset[str]:
 
 
 def broker_request(order: Order) -> OrderRequest:
-    """The broker-facing request for an order (carries our client_order_id as the idempotency key)."""
+    """The broker-facing request for an order (carries our client_order_id as the idempotency key).
+    Amounts go out without the trailing zeros PostgreSQL's NUMERIC(28, 10) reads back (10.0000000000),
+    which a broker checking size or price precision would refuse."""
     return OrderRequest(client_order_id=order.client_order_id, symbol=order.symbol,
                         asset_type=str(order.asset_type), side=str(order.side), instruction=order.instruction,
-                        order_type=str(order.order_type), quantity=order.quantity,
-                        time_in_force=str(order.time_in_force), limit_price=order.limit_price,
-                        stop_price=order.stop_price)
+                        order_type=str(order.order_type), quantity=_plain(order.quantity),
+                        time_in_force=str(order.time_in_force), limit_price=_plain(order.limit_price),
+                        stop_price=_plain(order.stop_price))
+
+
+def _plain(amount: Decimal | None) -> Decimal | None:
+    """The same amount without trailing zeros (10.50 → 10.5; 100 stays 100, not 1E+2)."""
+    if amount is None:
+        return None
+    normal = amount.normalize()
+    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal
 
 
 def broker_for(order: Order):

@@ -137,3 +137,14 @@ def test_only_server_databases_pay_for_a_connection_pre_ping():
     postgres = load_config(env=env(DATABASE_URL="postgresql://tw@db.internal/tradewarden"))
     assert sqlite["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False
     assert postgres["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True
+
+
+@pytest.mark.parametrize("given", ["postgres://tw:pw@db.internal:5432/tradewarden",
+                                   "postgresql://tw:pw@db.internal:5432/tradewarden"])
+def test_a_postgresql_url_without_a_driver_uses_the_installed_psycopg(given):
+    """Heroku hands out postgres://, which SQLAlchemy no longer knows; plain postgresql:// would look for
+    psycopg2, which is not installed."""
+    config = load_config(env=env(DATABASE_URL=given))
+    assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://tw:pw@db.internal:5432/tradewarden"
+    import sqlalchemy
+    assert sqlalchemy.make_url(config["SQLALCHEMY_DATABASE_URI"]).get_dialect().driver == "psycopg"

@@ -42,6 +42,12 @@ def test_price_set_is_audited(client, admin, bearer, db):
     assert event.details == {"symbol": "MSFT", "price": "420"} and event.actor_id == admin.id
 
 
+def test_a_price_with_trailing_zeros_is_accepted(client, admin, bearer):
+    response = client.put("/api/v1/admin/prices/AAPL", json={"price": "190.2500000000"}, headers=bearer(admin))
+    assert response.status_code == 200, response.get_json()
+    assert Decimal(response.get_json()["price"]) == Decimal("190.25")
+
+
 def test_non_admin_gets_403(client, user, bearer):
     from utils import market_data
     response = client.put("/api/v1/admin/prices/AAPL", json={"price": "1"}, headers=bearer(user))

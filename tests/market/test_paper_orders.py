@@ -341,6 +341,16 @@ def test_non_positive_quantity_is_rejected(broker, set_price, quantity):
     assert raised.value.code == "broker_rejected"
 
 
+def test_a_quantity_read_back_from_postgresql_with_trailing_zeros_is_the_same_quantity(broker, db, set_price):
+    """PostgreSQL's NUMERIC(28, 10) hands every order quantity back as 1.0000000000: that is one unit,
+    not a quantity with ten decimal places; only real digits beyond the ninth are refused."""
+    set_price("BTC-USD", "65000")
+    assert place(broker, db, symbol="BTC-USD", quantity="1.0000000000").status == "filled"
+    assert place(broker, db, symbol="BTC-USD", quantity="0.0010000000").filled_quantity == Decimal("0.001")
+    with pytest.raises(BrokerRejected):
+        broker.place_order(order_request(symbol="BTC-USD", quantity="0.0000000001"))
+
+
 def test_fractional_option_contracts_are_rejected(broker, set_price):
     set_price("AAPL240517P00190000", "3")
     with pytest.raises(BrokerRejected):

@@ -184,3 +184,16 @@ def test_order_to_dict_has_the_contract_shape(db, make_order):
     assert body["events"][-1]["to_status"] == "partially_filled"
     assert {"id", "client_order_id", "symbol", "side", "instruction", "quantity", "type", "stop_price",
             "time_in_force", "status", "average_fill_price", "purpose", "trade_id"} <= set(body)
+
+
+def test_amounts_go_to_the_broker_without_the_zeros_postgresql_pads_them_with():
+    """PostgreSQL reads NUMERIC(28, 10) back as 0.0100000000; a broker checking size precision (Coinbase's
+    base_increment) would refuse that, so the request carries the plain amount."""
+    from models import Order
+    from utils import orders
+    order = Order(client_order_id="plain-1", symbol="BTC-USD", asset_type="crypto", side="buy", instruction="BUY",
+                  order_type="stop_limit", quantity=Decimal("0.0100000000"), time_in_force="gtc",
+                  limit_price=Decimal("65000.5000000000"), stop_price=Decimal("65000.0000000000"))
+    request = orders.broker_request(order)
+    assert [format(amount, "f") for amount in (request.quantity, request.limit_price, request.stop_price)] == \
+        ["0.01", "65000.5", "65000"]

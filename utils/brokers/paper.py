@@ -163,7 +163,7 @@ def validate_request(request: OrderRequest) -> str:
 def _validate_quantity(quantity, asset_type: str) -> None:
     if not isinstance(quantity, Decimal) or not quantity.is_finite() or quantity <= 0:
         raise _reject("Quantity must be positive.", field="quantity")
-    if quantity.as_tuple().exponent < -QUANTITY_PLACES:
+    if quantity.normalize().as_tuple().exponent < -QUANTITY_PLACES:  # 1.0000000000 (PostgreSQL's NUMERIC) is 1
         raise _reject(f"Quantity has more than {QUANTITY_PLACES} decimal places.", field="quantity")
     if asset_type == market_data.OPTION and quantity != quantity.to_integral_value():
         raise _reject("Options trade in whole contracts.", field="quantity")
