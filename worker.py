@@ -76,7 +76,7 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
         return
     try:
         with order_service.send_turn(order_id):
-            answer = order_service.send_claimed(order_id)
+            answer = order_service.send_claimed(order_id, resend_allowed=attempt <= ORDER_SEND_MAX_RETRIES + 1)
             db.session.commit()  # the broker's side is durable before we record its answer
             if answer is not None:
                 order_service.pause_for_fault_injection(order_id)

@@ -446,19 +446,21 @@ class BrokerAnswer:
     adopted: bool = False
 
 
-def send_claimed(order_id: int) -> BrokerAnswer | None:
+def send_claimed(order_id: int, resend_allowed: bool = True) -> BrokerAnswer | None:
     """Send a claimed (`submitting`) order to its broker and return its answer (flushes).
 
-    A resend asks the broker by client_order_id first and adopts what it finds. A business rejection
-    is recorded as `rejected` (returns None); BrokerUnavailable propagates so the task can retry.
-    The caller commits right after, so the broker's side is durable before the answer is recorded,
-    exactly as with a remote broker (the paper broker keeps its state in our database).
+    A resend asks the broker by client_order_id first and adopts what it finds. When its sends have run
+    out (`resend_allowed` false: it was only kept because a send may have arrived), a broker that answers
+    without a copy ends it `failed` instead: sent now, it would reach a market that has moved on.
+    A business rejection is recorded as `rejected` (returns None); BrokerUnavailable propagates so the task
+    can retry. The caller commits right after, so the broker's side is durable before the answer is
+    recorded, exactly as with a remote broker (the paper broker keeps its state in our database).
     """
     order = db.session.get(Order, order_id)
     if order is None or order.status != S.SUBMITTING:
         return None
     try:
-        return _send(order, broker_for(order))
+        return _send(order, broker_for(order), resend_allowed)
     except (BrokerRejected, BrokerAuthExpired, OrderNotCancelable, OrderNotFound) as error:
         _reject(order, error.message)
         return None
@@ -509,13 +511,16 @@ def record_answer(order_id: int, answer: BrokerAnswer) -> None:
     record_submission(order, answer.broker_order, adopted=answer.adopted)
 
 
-def _send(order: Order, broker) -> BrokerAnswer:
+def _send(order: Order, broker, resend_allowed: bool = True) -> BrokerAnswer | None:
     if order.submit_attempts > 1:
         found = broker.read_back(lambda: broker.find_sent_order(broker_request(order), order.created_at,
                                                                 _known_broker_ids(order)), accepted=False)
         if found is not None:
             log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)
+        if not resend_allowed:
+            _give_up_unsent(order)
+            return None
     replaced = db.session.get(Order, order.replaces_order_id) if order.replaces_order_id else None
     if replaced is not None and replaced.status == S.SUBMITTING:  # placing now could leave both live
         raise BrokerUnavailable(f"Order {replaced.id}, which this one replaces, is still being sent.")
@@ -628,6 +633,14 @@ def _mark_replaced(old_order_id: int, new_order: Order) -> None:
 def _reject(order: Order, reason: str) -> None:
     transition(order, S.REJECTED, detail=reason, reject_reason=reason[:255])
     trades.entry_finished(order)
+
+
+def _give_up_unsent(order: Order) -> None:
+    """The broker answered that it has no copy of an order whose sends ran out: `failed`, not sent again."""
+    order.send_outcome_unknown = False
+    db.session.flush()
+    fail_submission(order.id, "the broker answered that it never got the order, after its send attempts ran out; "
+                              "not sent again")
 
 
 def fail_submission(order_id: int, reason: str) -> bool:

@@ -212,26 +212,15 @@ def test_an_order_whose_send_may_have_reached_schwab_is_never_called_failed_and_
     """Schwab takes the order but its answer is lost (a 502 after it acted), and every lookup after that
     fails too. Calling the order `failed` would leave a live order at Schwab that nobody watches (and the
     user would place it again): it stays `submitting` until Schwab answers, then recovery adopts its copy."""
-    from sqlalchemy import update
-
-    from models import Order
-    from utils import jobs
-    from utils.dbtypes import utcnow
     server = fake_schwab_on(schwab_port).start()
     state = server.server.app.config["state"]
     try:
         state.lost_answers.push([502])  # the POST is carried out, its answer lost
         state.failures.push([0] + [503] * 200)  # then nothing answers the lookups
-        execute(db, schwab_order)
-        order = wait_for(lambda: _kept_submitting(reloaded(db, schwab_order)), timeout=60,
-                         message="the retries to end without calling the order failed")
-        assert order.status == "submitting" and order.send_outcome_unknown
+        _send_until_kept_in_doubt(db, schwab_order)
         assert len(state.orders) == 1  # Schwab has it
 
-        state.failures.queue.clear()  # Schwab answers again; recovery runs once the send time limit passed
-        db.session.execute(update(Order).where(Order.id == order.id).values(updated_at=utcnow() - timedelta(hours=1)))
-        db.session.commit()
-        jobs.send_now(jobs.ORDERS_RECOVER)
+        _recover_once_schwab_answers(db, schwab_order, state)
         order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
                          message="the recovered order to fill")
     finally:
@@ -243,8 +232,50 @@ def test_an_order_whose_send_may_have_reached_schwab_is_never_called_failed_and_
     assert "failed" not in [event.to_status for event in order.events]
 
 
+def test_an_order_in_doubt_that_the_broker_never_got_ends_failed_and_is_not_sent_hours_later(
+        db, celery_worker, schwab_order, schwab_port):
+    """Every send answered 5xx (so each may have arrived) but Schwab never took one. Once its sends have run
+    out and Schwab answers the lookup without a copy, the order is `failed`: sending it then would reach a
+    market that has moved on since the user placed it."""
+    server = fake_schwab_on(schwab_port).start()
+    state = server.server.app.config["state"]
+    try:
+        state.failures.push([502] + [503] * 200)  # the POST refused with a 5xx, then nothing answers the lookups
+        _send_until_kept_in_doubt(db, schwab_order)
+
+        _recover_once_schwab_answers(db, schwab_order, state)
+        order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "failed" and o, timeout=30,
+                         message="the order to fail once Schwab says it never got it")
+    finally:
+        server.stop()
+
+    assert state.orders == {}  # never sent again
+    assert "never got the order" in order.reject_reason and not order.send_outcome_unknown
+
+
+def _send_until_kept_in_doubt(db, order) -> None:
+    """Execute the order and wait until its retries end with it kept `submitting` (a send may have arrived)."""
+    execute(db, order)
+    kept = wait_for(lambda: _kept_submitting(reloaded(db, order)), timeout=60,
+                    message="the retries to end without calling the order failed")
+    assert kept.status == "submitting" and kept.send_outcome_unknown
+
+
 def _kept_submitting(order):
     return order if any("not called failed" in (event.detail or "") for event in order.events) else None
+
+
+def _recover_once_schwab_answers(db, order, state) -> None:
+    """Schwab answers again; run recovery as beat would once the send time limit has passed."""
+    from sqlalchemy import update
+
+    from models import Order
+    from utils import jobs
+    from utils.dbtypes import utcnow
+    state.failures.queue.clear()
+    db.session.execute(update(Order).where(Order.id == order.id).values(updated_at=utcnow() - timedelta(hours=1)))
+    db.session.commit()
+    jobs.send_now(jobs.ORDERS_RECOVER)
 
 
 def test_a_send_refused_before_it_reached_the_broker_is_not_in_doubt():
