@@ -8,7 +8,8 @@ A user and an API key are created directly in the database. Two phases:
    orders/s = N / (first submit → last fill), with p50/p99 submit-to-filled latency;
 2. paced: orders at 50 per second; p99 submit-to-filled latency.
 
-The fill time is the order's `completed_at` in the database (same clock as the client).
+The fill time is the order's `completed_at` in the database (same clock as the client). Last, one more
+order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`).
 BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run;
 BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
@@ -227,6 +228,39 @@ def paced_phase(app, client: Client) -> float | None:
     return round(percentile(latencies, 0.99), 1) if latencies else None
 
 
+def statements_per_order(redis_url: str, key: str) -> dict:
+    """SQL statements one market order costs, counted in-process (a figure the machine's speed cannot blur):
+    the API's POST /orders, then the worker's orders.execute. The order's job goes to an unused Redis
+    database, so the running worker never takes it; the execution is run here instead."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    import worker
+    from main import create_app
+    counted: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        counted.append(statement)
+
+    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+
+    def place(number: int) -> int:
+        return client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
+            "symbol": SYMBOLS[0], "side": "buy", "quantity": "1", "type": "market",
+            "client_order_id": f"count-{number}"}).get_json()["id"]
+
+    worker.execute_order(place(0))  # warm: the key's cache, the connection pools
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        order_id = place(1)
+        api = len(counted)
+        counted.clear()
+        worker.execute_order(order_id)
+        return {"sql_statements_api": api, "sql_statements_worker": len(counted)}
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="tw-bench-orders-"))
     stack = Stack(directory)
@@ -244,6 +278,7 @@ def main() -> None:
         figures = throughput_phase(app, client)
         time.sleep(1)
         figures["p99_latency_ms_at_50_per_s"] = paced_phase(app, client)
+        figures.update(statements_per_order(stack.env["REDIS_URL"], keys[0]))
         if client.errors:
             print(f"first errors: {client.errors[:3]}")
     finally:

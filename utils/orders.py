@@ -275,41 +275,55 @@ def _existing_for_client_id(user, request: OrderInput) -> Order | None:
 
 
 def _commit_new_order(request: OrderInput) -> None:
+    """Commit the new order. What was just written is kept in memory (not expired), so answering with the
+    order does not read it back: the answer shows the order as it was accepted."""
+    session = db.session()
+    session.expire_on_commit = False
     try:
-        db.session.commit()
+        session.commit()
     except IntegrityError:
-        db.session.rollback()
+        session.rollback()
         raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken") from None
+    finally:
+        session.expire_on_commit = True
 
 
 def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Order:
     if request.is_entry:
-        estimated_price, trade_id = _check_entry(user, connection, request), None
+        order = _order_from(user, connection, request, estimated_price=_check_entry(user, connection, request))
+        order.trade_id = trades.create_pending(order, request.direction).id  # the trade first: one INSERT each
     else:
-        estimated_price, trade_id = None, trades.exit_trade_for(user, request).id
-    order = _new_order(user, connection, request, estimated_price=estimated_price)
-    if request.is_entry:
-        trade = trades.create_pending(order, request.direction)
-        order.trade_id = trade.id
-    else:
-        order.trade_id = trade_id
-        order.purpose = OrderPurpose.EXIT
-    db.session.flush()
-    return order
+        order = _order_from(user, connection, request, trade_id=trades.exit_trade_for(user, request).id,
+                            purpose=OrderPurpose.EXIT)
+    return _added_with_event(order)
 
 
 def _new_order(user, connection, request: OrderInput, **values) -> Order:
-    order = Order(user_id=user.id, broker_connection_id=connection.id,
-                  client_order_id=request.client_order_id or new_client_order_id(), symbol=request.symbol,
-                  asset_type=request.asset_type, side=request.side, instruction=request.instruction,
-                  order_type=request.order_type, quantity=request.quantity, limit_price=request.limit_price,
-                  stop_price=request.stop_price, time_in_force=request.time_in_force, status=S.PENDING,
-                  purpose=OrderPurpose.ENTRY, stop_loss_price=request.stop_loss_price,
-                  take_profit_price=request.take_profit_price,
-                  trailing_stop_percent=request.trailing_stop_percent, **values)
+    return _added_with_event(_order_from(user, connection, request, **values))
+
+
+def _order_from(user, connection, request: OrderInput, **values) -> Order:
+    """A pending order for `request`, not yet in the session."""
+    values.setdefault("purpose", OrderPurpose.ENTRY)
+    return Order(user_id=user.id, broker_connection_id=connection.id,
+                 client_order_id=request.client_order_id or new_client_order_id(), symbol=request.symbol,
+                 asset_type=request.asset_type, side=request.side, instruction=request.instruction,
+                 order_type=request.order_type, quantity=request.quantity, limit_price=request.limit_price,
+                 stop_price=request.stop_price, time_in_force=request.time_in_force, status=S.PENDING,
+                 stop_loss_price=request.stop_loss_price, take_profit_price=request.take_profit_price,
+                 trailing_stop_percent=request.trailing_stop_percent, **values)
+
+
+def _added_with_event(order: Order) -> Order:
+    """Insert the order and its first event (flushes). A new order's events and fills are known, so they
+    are set on it rather than read back when it is shown."""
     db.session.add(order)
     db.session.flush()
-    db.session.add(OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail="accepted"))
+    event = OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail="accepted")
+    db.session.add(event)
+    db.session.flush()
+    set_committed_value(order, "events", [event])
+    set_committed_value(order, "fills", [])
     return order
 
 

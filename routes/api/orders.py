@@ -63,8 +63,7 @@ def _limit(unsafe_limit: str | None) -> int:
 
 @bp.post("/orders")
 def place():
-    order, created = orders.place_order(g.api_user, json_object_body(ORDER_REQUEST_FIELDS))
-    db.session.commit()
+    order, created = orders.place_order(g.api_user, json_object_body(ORDER_REQUEST_FIELDS))  # commits itself
     response = jsonify(orders.order_to_dict(order))
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/api/v1/orders/{order.id}"
