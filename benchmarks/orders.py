@@ -67,7 +67,8 @@ class Stack:
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "SECRET_KEY": "bench-secret-" + "x" * 40,
                     "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-                    "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{directory / 'bench.db'}",
+                    "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL")
+                    or f"sqlite:///{directory / 'bench.db'}",
                     "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0", "TRADEWARDEN_ENV": "development",
                     "MARKET_DATA_SOURCE": "manual", "API_RATE_LIMIT": "10000000/minute",
                     "PORT": str(self.web_port), "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),

@@ -86,10 +86,12 @@ class BrokerUnavailable(BrokerError):
     """The broker could not be reached or answered 5xx/429: the only retryable broker error.
 
     `may_have_arrived` is set when a request that changes something (an order sent) failed in a way that
-    does not prove the broker never got it: a read timeout, a dropped connection, a 5xx answer."""
+    does not prove the broker never got it: a read timeout, a dropped connection, a 5xx answer.
+    `settles_earlier_sends` is set when it came from the send itself, after any earlier send was ruled out."""
 
     status, code, message = 503, "broker_unavailable", "The broker is unreachable right now."
     may_have_arrived = False
+    settles_earlier_sends = False
 
 
 class BrokerAuthExpired(BrokerError):

@@ -437,7 +437,8 @@ def parse_price(unsafe_price) -> Decimal:
         price = Decimal(str(unsafe_price).strip()) if not isinstance(unsafe_price, (bool, float)) else None
     except (InvalidOperation, ValueError):
         price = None
-    if price is None or not price.is_finite() or price <= 0 or price > MAX_PRICE or price.normalize().as_tuple().exponent < -8:
+    if price is None or not price.is_finite() or price <= 0 or price > MAX_PRICE \
+            or price.normalize().as_tuple().exponent < -8:
         raise ValidationFailed("price must be a positive decimal (at most 8 decimal places), e.g. \"190.25\".",
                                details={"field": "price"})
     return price

@@ -27,7 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill, Order, OrderEvent, OrderPurpose,
                     OrderSide, OrderStatus, OrderType, TimeInForce)
-from utils import jobs, market_data, risk, trades
+from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import utcnow
 from utils.database import owned_row
@@ -321,7 +321,6 @@ def _added_with_event(order: Order) -> Order:
     db.session.flush()
     event = OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail="accepted")
     db.session.add(event)
-    db.session.flush()
     set_committed_value(order, "events", [event])
     set_committed_value(order, "fills", [])
     return order
@@ -503,18 +502,11 @@ def send_turn(order_id: int):
     if connection is None or keeps_client_order_id(connection):
         yield
         return
-    lock = send_lock(connection.id)
-    try:
-        acquired = lock.acquire()
-    except redis_lib.RedisError:
-        raise BrokerUnavailable("Sending is paused: the lock service is unavailable.") from None
-    if not acquired:
-        raise BrokerUnavailable("Another order on this broker account is being sent; trying again shortly.")
-    try:
+    with locks.holding(send_lock(connection.id),
+                      unavailable=BrokerUnavailable("Sending is paused: the lock service is unavailable."),
+                      busy=BrokerUnavailable("Another order on this broker account is being sent; trying again "
+                                             "shortly.")):
         yield
-    finally:
-        with contextlib.suppress(redis_lib.RedisError):
-            lock.release()
 
 
 def record_answer(order_id: int, answer: BrokerAnswer) -> None:
@@ -563,7 +555,7 @@ def note_send_failure(order_id: int, error: BrokerUnavailable) -> None:
     came before the send (the lookup of an earlier send did not answer)."""
     if error.may_have_arrived:
         unknown = True
-    elif getattr(error, "settles_earlier_sends", False):
+    elif error.settles_earlier_sends:
         unknown = False
     else:
         return
@@ -651,30 +643,30 @@ def _reject(order: Order, reason: str) -> None:
 
 def _give_up_unsent(order: Order) -> None:
     """The broker answered that it has no copy of an order whose sends ran out: `failed`, not sent again."""
-    order.send_outcome_unknown = False
-    db.session.flush()
-    fail_submission(order.id, "the broker answered that it never got the order, after its send attempts ran out; "
-                              "not sent again")
+    _fail(order, "the broker answered that it never got the order, after its send attempts ran out; not sent again")
 
 
-def fail_submission(order_id: int, reason: str) -> bool:
+def fail_submission(order_id: int, reason: str) -> None:
     """Give up on a `submitting` order after the retries (broker unreachable): `failed` (flushes).
 
     Not while a send may have reached the broker (`send_outcome_unknown`): calling that order failed could
     leave a live order at the broker that nobody watches. It stays `submitting`, and the recovery sweep
-    asks the broker again until it answers, then adopts its copy or sends again. Returns whether it failed."""
+    asks the broker again until it answers, then adopts its copy or, if it has none, fails it."""
     order = db.session.get(Order, order_id)
     if order is None or order.status != S.SUBMITTING:
-        return False
+        return
     if order.send_outcome_unknown:
         db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
                                   detail=f"{reason[:160]}; the broker may have the order, so it is not called "
                                          "failed: the recovery sweep asks it again"))
         db.session.flush()
-        return False
-    transition(order, S.FAILED, detail=reason, reject_reason=reason[:255])
+        return
+    _fail(order, reason)
+
+
+def _fail(order: Order, reason: str) -> None:
+    transition(order, S.FAILED, detail=reason, reject_reason=reason[:255], send_outcome_unknown=False)
     trades.entry_finished(order)
-    return True
 
 
 # --- fills and broker status --------------------------------------------------------------------

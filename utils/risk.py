@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
+from utils import locks
 from utils.dbtypes import utcnow
 from utils.errors import Conflict, DependencyUnavailable, RiskLimitExceeded, ValidationFailed
 from utils.extensions import db
@@ -127,18 +128,9 @@ def user_lock(user_id: int, purpose: str = "orders"):
     """Hold the per-user Redis lock; raises Conflict if busy, DependencyUnavailable if Redis is down."""
     lock = cache_redis().lock(f"tradewarden:lock:{purpose}:{user_id}", timeout=LOCK_TIMEOUT_SECONDS,
                               blocking_timeout=LOCK_WAIT_SECONDS)
-    try:
-        acquired = lock.acquire()
-    except redis_lib.RedisError:
-        log.error("risk lock unavailable: Redis did not answer")
-        raise DependencyUnavailable("Orders are paused: the lock service is unavailable.") from None
-    if not acquired:
-        raise Conflict("Another order of yours is being placed; try again.", code="orders.busy")
-    try:
+    with locks.holding(lock, unavailable=DependencyUnavailable("Orders are paused: the lock service is unavailable."),
+                       busy=Conflict("Another order of yours is being placed; try again.", code="orders.busy")):
         yield
-    finally:
-        with contextlib.suppress(redis_lib.RedisError):
-            lock.release()
 
 
 # --- the checks ---------------------------------------------------------------------------------

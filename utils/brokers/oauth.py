@@ -21,6 +21,7 @@ from flask import current_app
 from sqlalchemy.orm import Session
 
 from models import AuditEvent, BrokerConnection, ConnectionStatus
+from utils import locks
 from utils.dbtypes import utcnow
 from utils.errors import BrokerAuthExpired, BrokerUnavailable
 from utils.extensions import db
@@ -163,19 +164,11 @@ def refresh_connection(connection_id: int, leeway: timedelta = REFRESH_LEEWAY) -
     """
     lock = redis_client().lock(f"tradewarden:broker-refresh:{connection_id}", timeout=LOCK_TIMEOUT_SECONDS,
                                blocking_timeout=LOCK_WAIT_SECONDS)
-    try:
-        acquired = lock.acquire()
-    except redis.RedisError as error:
-        raise BrokerUnavailable("Token refresh is paused: the lock service is unreachable.") from error
-    if not acquired:
-        raise BrokerUnavailable("Another worker is still refreshing this broker link; try again shortly.")
-    try:
+    with locks.holding(lock,
+                       unavailable=BrokerUnavailable("Token refresh is paused: the lock service is unreachable."),
+                       busy=BrokerUnavailable("Another worker is still refreshing this broker link; try again "
+                                              "shortly.")):
         return _refresh_locked(connection_id, leeway)
-    finally:
-        try:
-            lock.release()
-        except redis.RedisError:
-            log.warning("broker refresh lock for connection %s expired before release", connection_id)
 
 
 def _refresh_locked(connection_id: int, leeway: timedelta) -> dict:
