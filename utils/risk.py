@@ -16,11 +16,11 @@ from decimal import Decimal, InvalidOperation
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select, type_coerce
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
 from utils import locks
-from utils.dbtypes import utcnow
+from utils.dbtypes import ExactDecimal, utcnow
 from utils.errors import Conflict, DependencyUnavailable, RiskLimitExceeded, ValidationFailed
 from utils.extensions import db
 
@@ -139,22 +139,24 @@ def check_order(user, proposal: Proposal, account, exclude_order_id: int | None 
     """Raise RiskLimitExceeded when the entry `proposal` breaks one of the user's limits.
 
     `account` is the broker's AccountSnapshot (equity, buying power). Call inside `user_lock`.
+    What the user's trades and other orders already use is read in one query each.
     """
     settings = get_limits(user)
     equity = account.equity
-    _check_daily_loss(user, settings, equity)
-    _check_buying_power(user, proposal, account.buying_power, exclude_order_id)
+    realized_today, exposure = _trade_totals(user.id, proposal.symbol)
+    orders = _order_totals(user.id, proposal.symbol, exclude_order_id)
+    _check_daily_loss(settings, realized_today, equity)
+    _check_buying_power(proposal, account.buying_power, orders.unsent_notional)
     _check_risk_per_trade(settings, proposal, equity)
-    _check_daily_activity(user, settings, proposal, exclude_order_id)
-    _check_concentration(user, settings, proposal, equity, exclude_order_id)
+    _check_daily_activity(settings, proposal, orders)
+    _check_concentration(settings, proposal, equity, exposure + orders.working_notional_in_symbol)
 
 
 def _deny(code: str, message: str, **numbers) -> None:
     raise RiskLimitExceeded(message, code=code, details={key: _text(value) for key, value in numbers.items()})
 
 
-def _check_daily_loss(user, settings: UserSettings, equity: Decimal) -> None:
-    realized = realized_pnl_today(user.id)
+def _check_daily_loss(settings: UserSettings, realized: Decimal, equity: Decimal) -> None:
     allowed_loss = equity * settings.daily_loss_limit_pct / HUNDRED
     if realized < 0 and -realized >= allowed_loss:
         _deny("risk.daily_loss_limit", "Today's realized loss has reached your daily loss limit; no new entries today.",
@@ -162,8 +164,7 @@ def _check_daily_loss(user, settings: UserSettings, equity: Decimal) -> None:
               equity=equity)
 
 
-def _check_buying_power(user, proposal: Proposal, buying_power: Decimal, exclude_order_id) -> None:
-    reserved = _unsent_notional(user.id, None, exclude_order_id)
+def _check_buying_power(proposal: Proposal, buying_power: Decimal, reserved: Decimal) -> None:
     if proposal.notional + reserved > buying_power:
         _deny("risk.buying_power", "Not enough buying power for this order.", order_notional=proposal.notional,
               reserved_by_open_orders=reserved, buying_power=buying_power)
@@ -185,19 +186,17 @@ def default_stop(settings: UserSettings, proposal: Proposal) -> Decimal:
     return proposal.entry_price - offset if proposal.direction == "long" else proposal.entry_price + offset
 
 
-def _check_daily_activity(user, settings: UserSettings, proposal: Proposal, exclude_order_id) -> None:
-    count, notional = _today_orders(user.id, exclude_order_id)
-    if count + 1 > settings.daily_trade_limit:
-        _deny("risk.daily_trade_limit", "You have reached today's order limit.", orders_today=count,
+def _check_daily_activity(settings: UserSettings, proposal: Proposal, orders: OrderTotals) -> None:
+    if orders.count_today + 1 > settings.daily_trade_limit:
+        _deny("risk.daily_trade_limit", "You have reached today's order limit.", orders_today=orders.count_today,
               limit=settings.daily_trade_limit)
-    if notional + proposal.notional > settings.daily_notional_limit:
-        _deny("risk.daily_notional_limit", "The order would exceed today's notional limit.", notional_today=notional,
-              order_notional=proposal.notional, limit=settings.daily_notional_limit)
+    if orders.notional_today + proposal.notional > settings.daily_notional_limit:
+        _deny("risk.daily_notional_limit", "The order would exceed today's notional limit.",
+              notional_today=orders.notional_today, order_notional=proposal.notional,
+              limit=settings.daily_notional_limit)
 
 
-def _check_concentration(user, settings: UserSettings, proposal: Proposal, equity: Decimal, exclude_order_id) -> None:
-    current = symbol_exposure(user.id, proposal.symbol) + _working_notional(user.id, proposal.symbol,
-                                                                            exclude_order_id)
+def _check_concentration(settings: UserSettings, proposal: Proposal, equity: Decimal, current: Decimal) -> None:
     after = current + proposal.notional
     allowed = equity * settings.max_concentration_pct / HUNDRED
     if after > allowed:
@@ -213,64 +212,70 @@ def start_of_day(now: datetime | None = None) -> datetime:
     return datetime.combine(now.astimezone(timezone.utc).date(), time.min, tzinfo=timezone.utc)
 
 
+def _closed_today():
+    return and_(Trade.closed_at >= start_of_day(), Trade.realized_pnl.is_not(None))
+
+
 def realized_pnl_today(user_id: int) -> Decimal:
     """Realized P&L (after fees) of trades closed since midnight UTC."""
-    values = db.session.scalars(select(Trade.realized_pnl).where(
-        Trade.user_id == user_id, Trade.closed_at >= start_of_day(), Trade.realized_pnl.is_not(None)))
+    values = db.session.scalars(select(Trade.realized_pnl).where(Trade.user_id == user_id, _closed_today()))
     return sum(values, Decimal("0"))
+
+
+def _trade_totals(user_id: int, symbol: str) -> tuple[Decimal, Decimal]:
+    """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query."""
+    closed_today, open_here = _closed_today(), and_(Trade.symbol == symbol, Trade.status.in_(OPEN_TRADE_STATUSES))
+    rows = db.session.execute(select(
+        Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type, Trade.realized_pnl,
+        closed_today.label("closed_today"), open_here.label("open_here"),
+    ).where(Trade.user_id == user_id, or_(closed_today, open_here)))
+    realized = exposure = Decimal("0")
+    for quantity, exited, entry, asset_type, pnl, is_closed_today, is_open_here in rows:
+        realized += pnl if is_closed_today else 0
+        exposure += (quantity - exited) * (entry or 0) * _multiplier(asset_type) if is_open_here else 0
+    return realized, exposure
 
 
 def _multiplier(asset_type) -> Decimal:
     return Decimal("100") if str(asset_type) == "option" else Decimal("1")
 
 
-def _unsent_notional(user_id: int, symbol: str | None, exclude_order_id) -> Decimal:
-    """Notional of entry orders not yet at the broker (its buying power does not know them yet)."""
-    return _remaining_notional(user_id, UNSENT_STATUSES, symbol, exclude_order_id)
+@dataclass(frozen=True)
+class OrderTotals:
+    """What the user's other orders already use."""
+
+    unsent_notional: Decimal  # entries not yet at the broker: its buying power does not know them yet
+    working_notional_in_symbol: Decimal  # unfilled remainder of working entries in the symbol (sent or not)
+    count_today: int  # orders placed today and not refused (a replacement is not a new order)
+    notional_today: Decimal
 
 
-def _working_notional(user_id: int, symbol: str, exclude_order_id) -> Decimal:
-    """Unfilled remainder of every entry order still working in `symbol` (sent or not)."""
-    return _remaining_notional(user_id, WORKING_STATUSES, symbol, exclude_order_id)
+# An order's unit price for these sums: what it filled at, else its limit, its stop, or the estimate at entry.
+UNIT_PRICE = type_coerce(func.coalesce(Order.average_fill_price, Order.limit_price, Order.stop_price,
+                                       Order.estimated_price), ExactDecimal())
 
 
-def _remaining_notional(user_id: int, statuses, symbol: str | None, exclude_order_id) -> Decimal:
-    query = select(Order.quantity, Order.filled_quantity, Order.asset_type, *PRICE_COLUMNS).where(
-        Order.user_id == user_id, Order.status.in_(statuses), Order.purpose == OrderPurpose.ENTRY)
-    if symbol is not None:
-        query = query.where(Order.symbol == symbol)
+def _order_totals(user_id: int, symbol: str, exclude_order_id: int | None) -> OrderTotals:
+    """The user's OrderTotals from one query over the orders that count toward any of them."""
+    entry = Order.purpose == OrderPurpose.ENTRY
+    unsent = and_(entry, Order.status.in_(UNSENT_STATUSES))
+    working_here = and_(entry, Order.symbol == symbol, Order.status.in_(WORKING_STATUSES))
+    today = and_(Order.created_at >= start_of_day(), Order.status.not_in(REFUSED_STATUSES),
+                 Order.replaces_order_id.is_(None))
+    query = select(Order.quantity, Order.filled_quantity, Order.asset_type, UNIT_PRICE, unsent.label("unsent"),
+                   working_here.label("working_here"), today.label("today")) \
+        .where(Order.user_id == user_id, or_(unsent, working_here, today))
     if exclude_order_id is not None:
         query = query.where(Order.id != exclude_order_id)
-    return sum(((quantity - filled) * _first_price(prices) * _multiplier(asset_type)
-                for quantity, filled, asset_type, *prices in db.session.execute(query)), Decimal("0"))
-
-
-PRICE_COLUMNS = (Order.average_fill_price, Order.limit_price, Order.stop_price, Order.estimated_price)
-
-
-def _today_orders(user_id: int, exclude_order_id) -> tuple[int, Decimal]:
-    """Count and notional of today's orders (columns only: this runs on every placement)."""
-    query = select(Order.quantity, Order.asset_type, *PRICE_COLUMNS).where(
-        Order.user_id == user_id, Order.created_at >= start_of_day(), Order.status.not_in(REFUSED_STATUSES),
-        Order.replaces_order_id.is_(None))
-    if exclude_order_id is not None:
-        query = query.where(Order.id != exclude_order_id)
-    rows = db.session.execute(query).all()
-    notional = sum((quantity * _first_price(prices) * _multiplier(asset_type)
-                    for quantity, asset_type, *prices in rows), Decimal("0"))
-    return len(rows), notional
-
-
-def _first_price(prices) -> Decimal:
-    return next((price for price in prices if price is not None), Decimal("0"))
-
-
-def symbol_exposure(user_id: int, symbol: str) -> Decimal:
-    """Cost basis still held in `symbol` by open trades (entry price × remaining quantity)."""
-    rows = db.session.execute(select(Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type).where(
-        Trade.user_id == user_id, Trade.symbol == symbol, Trade.status.in_(OPEN_TRADE_STATUSES))).all()
-    return sum(((quantity - exited) * (entry or Decimal("0")) * _multiplier(asset_type)
-                for quantity, exited, entry, asset_type in rows), Decimal("0"))
+    unsent_notional = working_notional = notional_today = Decimal("0")
+    count_today = 0
+    for quantity, filled, asset_type, price, is_unsent, is_working_here, is_today in db.session.execute(query):
+        unit = (price or 0) * _multiplier(asset_type)
+        unsent_notional += (quantity - filled) * unit if is_unsent else 0
+        working_notional += (quantity - filled) * unit if is_working_here else 0
+        count_today += 1 if is_today else 0
+        notional_today += quantity * unit if is_today else 0
+    return OrderTotals(unsent_notional, working_notional, count_today, notional_today)
 
 
 def _text(value) -> str:

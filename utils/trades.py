@@ -196,6 +196,8 @@ def entry_finished(order: Order) -> None:
     hands a `closing` trade back to `open` (flushes)."""
     if order.status not in FINISHED_ORDER_STATUSES or not order.trade_id:
         return
+    if order.purpose == OrderPurpose.ENTRY and order.filled_quantity > 0:  # its fills gave the trade a quantity
+        return
     trade = db.session.get(Trade, order.trade_id)
     if trade is None:
         return

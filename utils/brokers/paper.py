@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, ConnectionStatus, PaperAccount,
                     PaperFill, PaperOrder, PaperPosition)
@@ -69,8 +70,8 @@ def ensure_paper_connection(user) -> BrokerConnection:
         number = f"PAPER-{secrets.randbelow(10**10):010d}"
         db.session.add(BrokerAccount(user_id=user.id, connection_id=connection.id, account_number=number,
                                      last4=number[-4:], name="Paper account", account_type="paper"))
-    _account_for(connection)
-    db.session.flush()
+        _account_for(connection)  # made with its connection (the broker adapter also makes a missing one)
+        db.session.flush()
     return connection
 
 
@@ -84,12 +85,28 @@ def _account_for(connection: BrokerConnection) -> PaperAccount:
     return account
 
 
+def _fresh_account(connection: BrokerConnection) -> PaperAccount:
+    """The connection's account as the database has it now (created when missing)."""
+    account = db.session.execute(select(PaperAccount).where(PaperAccount.connection_id == connection.id)
+                                 .execution_options(populate_existing=True)).scalar_one_or_none()
+    return account if account is not None else _account_for(connection)
+
+
 def _lock_account(account_id: int) -> PaperAccount:
-    """Take the account's write lock (held until commit) and return its fresh row."""
-    db.session.execute(update(PaperAccount).where(PaperAccount.id == account_id)
-                       .values(version=PaperAccount.version + 1).execution_options(synchronize_session=False))
-    return db.session.execute(select(PaperAccount).where(PaperAccount.id == account_id)
-                              .execution_options(populate_existing=True)).scalar_one()
+    """Take the account's write lock (held until commit) and return its fresh row (one UPDATE … RETURNING)."""
+    return _locked_where(PaperAccount.id == account_id)
+
+
+def _lock_connection_account(connection: BrokerConnection) -> PaperAccount:
+    """Lock the connection's account (creating it when missing) and return its fresh row."""
+    account = _locked_where(PaperAccount.connection_id == connection.id)
+    return account if account is not None else _lock_account(_account_for(connection).id)
+
+
+def _locked_where(condition) -> PaperAccount | None:
+    return db.session.execute(
+        update(PaperAccount).where(condition).values(version=PaperAccount.version + 1).returning(PaperAccount)
+        .execution_options(synchronize_session=False, populate_existing=True)).scalar_one_or_none()
 
 
 # --- pricing rules -------------------------------------------------------------------------------
@@ -195,28 +212,33 @@ class PaperBroker(Broker):
     """The simulated broker account behind one paper BrokerConnection."""
 
     supports_stop_orders = True
+    in_our_database = True
 
     def __init__(self, connection: BrokerConnection):
         self.connection = connection
-        self.account_id = _account_for(connection).id
+        self._account_id: int | None = None
+
+    @property
+    def account_id(self) -> int:
+        """The PaperAccount's id, read (or the account created) when first needed."""
+        if self._account_id is None:
+            self._account_id = _account_for(self.connection).id
+        return self._account_id
 
     # orders -------------------------------------------------------------------------------------
 
     def place_order(self, request: OrderRequest) -> BrokerOrder:
         """Accept an order (filling it at once when marketable); the same client_order_id returns the
         existing order. Raises BrokerRejected, InvalidSymbol, InsufficientFunds."""
-        existing = self._by_client_id(request.client_order_id)
-        if existing is not None:
-            return to_broker_order(existing)
         symbol = validate_request(request)
         quote = self._quote(symbol)
-        account = _lock_account(self.account_id)
-        existing = self._by_client_id(request.client_order_id)  # a racing twice-sent request
+        account = self._lock()
+        existing = self._by_client_id(request.client_order_id)  # looked up under the lock: no twin can race it
         if existing is not None:
             return to_broker_order(existing)
         order = self._accept(account, request, symbol, quote)
-        _match_order(account, order, quote)
-        return to_broker_order(order)
+        fill = _match_order(account, order, quote)
+        return to_broker_order(order, fills=[fill] if fill else [])  # a new order has no other fills
 
     def get_order(self, broker_order_id: str) -> BrokerOrder:
         """The order with its fills; raises OrderNotFound."""
@@ -230,7 +252,7 @@ class PaperBroker(Broker):
     def cancel_order(self, broker_order_id: str) -> BrokerOrder:
         """Cancel the open remainder at once (idempotent for a cancelled order); raises
         OrderNotFound, OrderNotCancelable when it is filled, replaced, rejected or expired."""
-        _lock_account(self.account_id)
+        self._lock()
         order = self._order(broker_order_id)
         if order.status in OPEN_STATUSES:
             order.status, order.canceled_at, order.version = "cancelled", utcnow(), order.version + 1
@@ -250,7 +272,7 @@ class PaperBroker(Broker):
             raise _reject("client_order_id is already used by another order.", field="client_order_id")
         symbol = validate_request(request)
         quote = self._quote(symbol)
-        account = _lock_account(self.account_id)
+        account = self._lock()
         old = self._order(broker_order_id)
         self._check_replaceable(old, request, symbol)
         order = self._accept(account, request, symbol, quote, replacing=old)
@@ -267,7 +289,8 @@ class PaperBroker(Broker):
 
     def get_account(self) -> AccountSnapshot:
         """Cash, buying power (cash − open holds − 2× short value) and equity (cash + positions at market)."""
-        account = db.session.get(PaperAccount, self.account_id, populate_existing=True)
+        account = _fresh_account(self.connection)
+        self._account_id = account.id
         positions = _positions(self.account_id)
         quotes = market_data.get_quotes([position.symbol for position in positions])
         equity = account.cash + sum((_market_value(p, quotes.get(p.symbol)) for p in positions), Decimal(0))
@@ -281,6 +304,11 @@ class PaperBroker(Broker):
         return [_to_position(position, quotes.get(position.symbol)) for position in positions]
 
     # internals ----------------------------------------------------------------------------------
+
+    def _lock(self) -> PaperAccount:
+        account = _lock_connection_account(self.connection)
+        self._account_id = account.id
+        return account
 
     def _quote(self, symbol: str) -> Quote:
         quote = market_data.get_quotes([symbol]).get(symbol)
@@ -439,13 +467,17 @@ def _day_is_over(order: PaperOrder) -> bool:
 
 def _claim(order: PaperOrder, **values) -> bool:
     """Write `values` only if nobody changed the order since we read it (version check)."""
+    values = {"version": order.version + 1, "updated_at": utcnow(), **values}
     result = db.session.execute(
         update(PaperOrder).where(PaperOrder.id == order.id, PaperOrder.version == order.version,
                                  PaperOrder.status.in_(OPEN_STATUSES))
-        .values(version=order.version + 1, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False))
-    db.session.expire(order)
-    return result.rowcount == 1
+        .values(**values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        db.session.expire(order)
+        return False
+    for name, value in values.items():  # the row now holds exactly this: no need to read it back
+        set_committed_value(order, name, value)
+    return True
 
 
 def _fill(account: PaperAccount, order: PaperOrder, quantity: Decimal, price: Decimal,
@@ -509,10 +541,11 @@ def match_resting_orders(symbols: list[str] | None = None) -> int:
 
 # --- the wire shape ------------------------------------------------------------------------------
 
-def to_broker_order(order: PaperOrder) -> BrokerOrder:
-    """The interface's view of a paper order, with every fill so far."""
-    fills = db.session.execute(select(PaperFill).where(PaperFill.order_id == order.id)
-                               .order_by(PaperFill.id)).scalars()
+def to_broker_order(order: PaperOrder, fills: list[PaperFill] | None = None) -> BrokerOrder:
+    """The interface's view of a paper order, with every fill so far (`fills` when the caller knows them)."""
+    if fills is None:
+        fills = db.session.execute(select(PaperFill).where(PaperFill.order_id == order.id)
+                                   .order_by(PaperFill.id)).scalars()
     average = (order.filled_notional / order.filled_quantity).quantize(AVERAGE_PLACES) \
         if order.filled_quantity else None
     return BrokerOrder(
