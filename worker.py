@@ -69,7 +69,10 @@ ORDER_SEND_MAX_RETRIES = 5
 @shared_task(name=jobs.ORDERS_EXECUTE, bind=True, acks_late=True, max_retries=None)
 def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     """Claim the order (committed first, so a crash leaves `submitting` for the recovery sweep), send it,
-    record the answer. BrokerUnavailable retries with exponential backoff, then `failed`."""
+    record the answer. BrokerUnavailable retries with exponential backoff, then `failed`.
+    At the paper broker, whose orders live in our database, the three commit together instead."""
+    if attempt is None and _executed_in_one_transaction(order_id):
+        return
     attempt = order_service.claim_submission(order_id, attempt)
     db.session.commit()
     if attempt is None:
@@ -92,6 +95,20 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
             db.session.commit()
             return
         raise self.retry(args=[order_id, attempt], countdown=order_service.retry_delay_seconds(attempt)) from None
+
+
+def _executed_in_one_transaction(order_id: int) -> bool:
+    """At the paper broker: claim, send and record the answer in one commit. False when the order's broker
+    is elsewhere, or when its send has to wait (BrokerUnavailable, e.g. the order it replaces is still being
+    sent): that is rolled back, and the path above claims, counts and retries it."""
+    try:
+        done = order_service.execute_in_our_database(order_id)
+    except BrokerUnavailable:
+        db.session.rollback()
+        return False
+    if done:
+        db.session.commit()
+    return done
 
 
 @shared_task(name=jobs.ORDERS_CANCEL, bind=True, max_retries=ORDER_SEND_MAX_RETRIES, acks_late=True)

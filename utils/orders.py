@@ -459,6 +459,32 @@ class BrokerAnswer:
     adopted: bool = False
 
 
+def execute_in_our_database(order_id: int) -> bool:
+    """Claim, send and record the answer of a `pending` order whose broker keeps its orders in our own
+    database (the paper broker), all in the caller's transaction, to commit as one (flushes). A crash
+    anywhere undoes all three and leaves the order `pending`, with nothing at the broker, for the recovery
+    sweep to queue again. Returns False, having done nothing, for an order at any other broker."""
+    from utils.brokers import adapter_class
+    order = db.session.get(Order, order_id)  # held here, so the calls below find it in the session
+    connection = _connection_of(order_id)
+    try:
+        if connection is None or not adapter_class(connection).in_our_database:
+            return False
+    except BrokerUnavailable:  # no adapter installed: the remote path reports it and retries
+        return False
+    if order.status == S.PENDING and claim_submission(order_id) is not None:
+        answer = send_claimed(order_id)
+        if answer is not None:
+            pause_for_fault_injection(order_id)
+            record_answer(order_id, answer)
+    return True
+
+
+def _connection_of(order_id: int) -> BrokerConnection | None:
+    order = db.session.get(Order, order_id)
+    return db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
+
+
 def send_claimed(order_id: int, resend_allowed: bool = True) -> BrokerAnswer | None:
     """Send a claimed (`submitting`) order to its broker and return its answer (flushes).
 
@@ -496,10 +522,9 @@ def send_turn(order_id: int):
     not yet recorded as ours; another identical order of ours in flight at that moment would be taken for
     it. Waiting our turn means every earlier send is recorded before a lookup runs. Busy → BrokerUnavailable
     (retried, and nothing was sent)."""
-    from utils.brokers import keeps_client_order_id
-    order = db.session.get(Order, order_id)
-    connection = db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
-    if connection is None or keeps_client_order_id(connection):
+    from utils.brokers import adapter_class
+    connection = _connection_of(order_id)
+    if connection is None or adapter_class(connection).keeps_client_order_id:
         yield
         return
     with locks.holding(send_lock(connection.id),

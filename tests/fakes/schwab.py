@@ -218,3 +218,26 @@ def _now() -> str:
 
 def _epoch_ms() -> int:
     return int(datetime.now(timezone.utc).timestamp() * 1000)
+
+
+# --- a connection linked before the test starts ----------------------------------------------------
+
+LINKED_ACCESS_TOKEN, LINKED_REFRESH_TOKEN = "linked-access-token", "linked-refresh-token"
+
+
+def settings_for(base_url: str) -> dict:
+    """Tradewarden's SCHWAB_* settings pointing at a fake Schwab served at `base_url`."""
+    return {"SCHWAB_CLIENT_ID": CLIENT_ID, "SCHWAB_CLIENT_SECRET": CLIENT_SECRET,
+            "SCHWAB_AUTHORIZE_URL": f"{base_url}/v1/oauth/authorize", "SCHWAB_TOKEN_URL": f"{base_url}/v1/oauth/token",
+            "SCHWAB_API_BASE_URL": base_url, "PUBLIC_BASE_URL": "http://localhost"}
+
+
+def linked_server(port: int):
+    """The fake Schwab on `port` (not started), already knowing the LINKED_* token pair."""
+    from tests.fakes.oauth2_provider import FakeToken
+    from tests.fakes.runner import ThreadedServer
+    fake_app = create_app(["http://localhost/brokers/schwab/callback"])
+    provider = fake_app.config["provider"]
+    provider.tokens.append(FakeToken(CLIENT_ID, LINKED_ACCESS_TOKEN, LINKED_REFRESH_TOKEN, "", provider.now(), 3600,
+                                     provider.now()))
+    return ThreadedServer(fake_app, port=port)

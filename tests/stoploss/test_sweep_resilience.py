@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from models import Order, Trade
 from tests.conftest import execute_in_process, sent_order
-from tests.trading.test_broker_unavailable import app_config, fake_schwab_on, schwab_order, schwab_port  # noqa: F401
+from tests.fakes import schwab as fake_schwab
+from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  # noqa: F401
 
 
 def _send_pending_stop(db, trade_id: int) -> Order:
@@ -23,7 +24,7 @@ def test_an_unreadable_broker_answer_on_one_trade_does_not_stop_the_other_closes
     from utils.brokers.paper import ensure_paper_connection
     set_price("AAPL", "190")
     set_price("MSFT", "410")
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     try:
         at_schwab = sent_order(db, schwab_order.user_id, schwab_order.broker_connection_id, quantity=Decimal("10"),
                                stop_loss_price=Decimal("180"))

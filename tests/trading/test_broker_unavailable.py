@@ -7,62 +7,15 @@ port after a few refused attempts.
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
-from tests.conftest import base_config, free_port, wait_for
+from tests.conftest import free_port, wait_for
 from tests.fakes import schwab as fake_schwab
-from tests.fakes.oauth2_provider import FakeToken
-from tests.fakes.runner import ThreadedServer
-
-RETRY_BASE = Decimal("0.05")
-ACCESS_TOKEN, REFRESH_TOKEN = "retry-test-access-token", "retry-test-refresh-token"
-
-
-@pytest.fixture
-def schwab_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def app_config(redis_server, database_url, tmp_path, schwab_port) -> dict:
-    schwab = f"http://127.0.0.1:{schwab_port}"
-    return base_config(redis_server.url, database_url, STORAGE_DIR=str(tmp_path / "files"),
-                       ORDERS_RETRY_BASE_SECONDS=str(RETRY_BASE), PUBLIC_BASE_URL="http://localhost",
-                       SCHWAB_CLIENT_ID=fake_schwab.CLIENT_ID, SCHWAB_CLIENT_SECRET=fake_schwab.CLIENT_SECRET,
-                       SCHWAB_AUTHORIZE_URL=f"{schwab}/v1/oauth/authorize", SCHWAB_TOKEN_URL=f"{schwab}/v1/oauth/token",
-                       SCHWAB_API_BASE_URL=schwab)
-
-
-@pytest.fixture
-def schwab_order(db, user):
-    """A committed pending AAPL market order on a linked Schwab connection (token valid for an hour)."""
-    from models import Broker, BrokerAccount, BrokerConnection, Order
-    from utils import trades
-    from utils.dbtypes import utcnow
-    token = {"access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN, "token_type": "Bearer",
-             "expires_at": int(time.time()) + 3600}
-    connection = BrokerConnection(user_id=user.id, broker=Broker.SCHWAB, token_set=json.dumps(token),
-                                  token_expires_at=utcnow() + timedelta(hours=1))
-    db.session.add(connection)
-    db.session.flush()
-    account = fake_schwab.ACCOUNTS[0]
-    db.session.add(BrokerAccount(user_id=user.id, connection_id=connection.id,
-                                 account_number=account["accountNumber"], account_hash=account["hashValue"],
-                                 last4=account["accountNumber"][-4:], name="Schwab brokerage"))
-    order = Order(user_id=user.id, broker_connection_id=connection.id, client_order_id=f"retry-{time.time_ns()}",
-                  symbol="AAPL", asset_type="equity", side="buy", instruction="BUY", order_type="market",
-                  quantity=Decimal("10"), time_in_force="day", status="pending", purpose="entry")
-    db.session.add(order)
-    db.session.flush()
-    order.trade_id = trades.create_pending(order, "long").id
-    db.session.commit()
-    return order
-
+from tests.trading.linked_schwab import RETRY_BASE, app_config, schwab_order, schwab_port  # noqa: F401
 
 def execute(db, order) -> None:
     from utils import jobs
@@ -77,15 +30,6 @@ def reloaded(db, order):
 
 def attempt_events(order) -> list:
     return [event for event in order.events if event.to_status == "submitting"]
-
-
-def fake_schwab_on(port: int) -> ThreadedServer:
-    """The fake Schwab on `port`, already knowing the access token stored on our connection."""
-    fake_app = fake_schwab.create_app(["http://localhost/brokers/schwab/callback"])
-    provider = fake_app.config["provider"]
-    provider.tokens.append(FakeToken(fake_schwab.CLIENT_ID, ACCESS_TOKEN, REFRESH_TOKEN, "", provider.now(), 3600,
-                                     provider.now()))
-    return ThreadedServer(fake_app, port=port)
 
 
 def test_unreachable_broker_is_retried_with_growing_delays_then_the_order_fails(db, celery_worker, schwab_order):
@@ -112,7 +56,7 @@ def test_broker_back_during_the_retries_fills_the_order_exactly_once(db, celery_
     wait_for(lambda: len(attempt_events(reloaded(db, schwab_order))) >= 3, timeout=20,
              message="three refused attempts")
 
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     try:
         order = wait_for(lambda: (o := reloaded(db, schwab_order)).status == "filled" and o, timeout=30,
                          message="the order to fill")
@@ -135,7 +79,7 @@ def test_a_resend_adopts_the_order_schwab_already_took_instead_of_sending_it_twi
     order that is already recorded as one of ours, and adopt it rather than place a second one."""
     from models import Order
     from utils import orders
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     try:
         broker = orders.broker_for(schwab_order)
         twin = broker.place_order(orders.broker_request(schwab_order))  # an earlier identical order, recorded
@@ -165,7 +109,7 @@ def test_an_order_schwab_took_but_could_not_show_is_found_on_the_retry_not_rejec
                                                                                     schwab_port):
     """The POST is accepted (201) but reading the order back fails (404): the order exists at Schwab, so
     it must not be recorded as rejected; the retry finds it and it fills, sent once."""
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     try:
         server.server.app.config["state"].failures.push([0, 404])  # POST answered normally, the GET after it 404
         execute(db, schwab_order)
@@ -212,7 +156,7 @@ def test_an_order_whose_send_may_have_reached_schwab_is_never_called_failed_and_
     """Schwab takes the order but its answer is lost (a 502 after it acted), and every lookup after that
     fails too. Calling the order `failed` would leave a live order at Schwab that nobody watches (and the
     user would place it again): it stays `submitting` until Schwab answers, then recovery adopts its copy."""
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     state = server.server.app.config["state"]
     try:
         state.lost_answers.push([502])  # the POST is carried out, its answer lost
@@ -237,7 +181,7 @@ def test_an_order_in_doubt_that_the_broker_never_got_ends_failed_and_is_not_sent
     """Every send answered 5xx (so each may have arrived) but Schwab never took one. Once its sends have run
     out and Schwab answers the lookup without a copy, the order is `failed`: sending it then would reach a
     market that has moved on since the user placed it."""
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     state = server.server.app.config["state"]
     try:
         state.failures.push([502] + [503] * 200)  # the POST refused with a 5xx, then nothing answers the lookups
@@ -303,7 +247,7 @@ def test_a_schwab_resend_waits_for_an_identical_order_in_flight_instead_of_adopt
 
     from models import Order
     from utils import jobs, orders
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     state = server.server.app.config["state"]
     try:
         twin = Order(user_id=schwab_order.user_id, broker_connection_id=schwab_order.broker_connection_id,

@@ -1,10 +1,14 @@
 """A worker SIGKILLed in the middle of an execution loses nothing and doubles nothing.
 
 The middle is made reachable without mocks by ORDERS_EXECUTE_FAULT_DELAY_SECONDS, a documented
-test-only setting that pauses the worker after the broker accepted the order and before our commit.
-The test waits for the worker's log line announcing that pause, kills the whole worker (process
-group, SIGKILL), starts a fresh worker without the delay and runs the recovery sweep: the order is
-`submitting`, so the sweep asks the broker by client_order_id first and adopts the order it finds.
+test-only setting that pauses the worker after the broker accepted the order and before its answer is
+recorded. The tests wait for the worker's log line announcing that pause, kill the whole worker (process
+group, SIGKILL), start a fresh worker without the delay and run the recovery sweep.
+
+- At a remote broker (the fake Schwab) the claim was committed before the send, so the order is
+  `submitting` and the broker has it: the sweep asks the broker first and adopts the order it finds.
+- At the paper broker claim, send and answer are one transaction, so the kill undoes all three: the
+  order is `pending` and the broker has nothing; the sweep queues it again and it is sent once.
 """
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.conftest import ROOT, wait_for
+from tests.fakes import schwab as fake_schwab
+from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  # noqa: F401
 
 CELERY = str(Path(sys.executable).parent / "celery")
 
@@ -62,22 +68,78 @@ def worker_env(app_config):
     return env
 
 
-def test_a_worker_killed_mid_execution_leaves_one_order_filled_once(app, db, user, set_price, worker_env, tmp_path,
-                                                                     broker_order_count):
-    from models import Fill, Order
-    from utils import jobs, orders
+def test_a_worker_killed_mid_execution_leaves_one_paper_order_filled_once(app, db, user, set_price, worker_env,
+                                                                           tmp_path, broker_order_count):
+    from models import Order, PaperOrder
+    from utils import orders
     set_price("AAPL", "100")
     slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
     try:
         order, _ = orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "7", "type": "market",
                                              "client_order_id": "crash-1"})
         wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
+        assert broker_order_count("crash-1") == 0  # the paper broker's side is not committed before ours
     finally:
         slow.kill()
     db.session.expire_all()
-    assert db.session.get(Order, order.id).status == "submitting"
-    assert broker_order_count("crash-1") == 1  # the broker has it; we never recorded the answer
+    assert db.session.get(Order, order.id).status == "pending"  # claim, send and answer were undone together
+    assert broker_order_count("crash-1") == 0
 
+    order = _recovered_until_filled(db, order, worker_env, tmp_path)
+    _assert_filled_once(order, Decimal("7"))
+    assert broker_order_count("crash-1") == 1
+    assert db.session.scalar(select(func.count(PaperOrder.id)).where(PaperOrder.client_order_id == "crash-1")) == 1
+
+
+def test_a_worker_killed_mid_execution_leaves_one_schwab_order_filled_once(app, db, schwab_order, schwab_port,
+                                                                           worker_env, tmp_path):
+    from models import Order
+    from utils import jobs, orders
+    server = fake_schwab.linked_server(schwab_port).start()
+    try:
+        placed = server.server.app.config["state"].orders
+        slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
+        try:
+            jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id)
+            db.session.commit()
+            wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
+        finally:
+            slow.kill()
+        db.session.expire_all()
+        assert db.session.get(Order, schwab_order.id).status == "submitting"
+        assert len(placed) == 1  # Schwab has it; we never recorded its answer
+
+        _as_after_the_send_time_limit(db, schwab_order)
+        order = _recovered_until_filled(db, schwab_order, worker_env, tmp_path)
+    finally:
+        server.stop()
+    _assert_filled_once(order, Decimal("10"))
+    assert len(placed) == 1  # adopted, not sent again
+    assert order.broker_order_id == str(next(iter(placed)))
+    assert any(event.detail and "send attempt 2" in event.detail for event in order.events)
+    assert any(event.detail and "found by client_order_id" in event.detail for event in order.events)
+    assert orders.stuck_orders() == ([], [])
+
+
+def _as_after_the_send_time_limit(db, order) -> None:
+    """What waiting out the task time limit and the killed worker's send lock would do: a remote order
+    counts as stuck only once no send of it can still be running, and the dead worker's Schwab send turn
+    lapses (SEND_LOCK_SECONDS). Done by moving the order's clock back and dropping the lapsed lock."""
+    from datetime import timedelta
+
+    from models import Order
+    from utils import jobs, orders, risk
+    from utils.dbtypes import utcnow
+    db.session.execute(update(Order).where(Order.id == order.id).values(
+        updated_at=utcnow() - timedelta(seconds=jobs.TASK_TIME_LIMIT_SECONDS + 60)))
+    db.session.commit()
+    risk.cache_redis().delete(orders.send_lock(order.broker_connection_id).name)
+
+
+def _recovered_until_filled(db, order, worker_env, tmp_path):
+    """Start a fresh worker and run the recovery sweep until the order is filled; the order reloaded."""
+    from models import Order
+    from utils import jobs
     fresh_worker = WorkerProcess(worker_env, tmp_path / "worker2.log")
     try:
         def filled():
@@ -88,10 +150,12 @@ def test_a_worker_killed_mid_execution_leaves_one_order_filled_once(app, db, use
     finally:
         fresh_worker.stop()
     db.session.expire_all()
-    order = db.session.get(Order, order.id)
-    assert order.filled_quantity == Decimal("7")
+    return db.session.get(Order, order.id)
+
+
+def _assert_filled_once(order, quantity: Decimal) -> None:
+    from models import Fill
+    from utils.extensions import db
+    assert order.filled_quantity == quantity
     assert db.session.scalar(select(func.count(Fill.id)).where(Fill.order_id == order.id)) == len(order.fills) >= 1
-    assert sum(fill.quantity for fill in order.fills) == Decimal("7")
-    assert broker_order_count("crash-1") == 1
-    assert any(event.detail and "send attempt 2" in event.detail for event in order.events)
-    assert any(event.detail and "found by client_order_id" in (event.detail or "") for event in order.events)
+    assert sum(fill.quantity for fill in order.fills) == quantity

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from tests.conftest import sent_order
 from tests.fakes import schwab as fake_schwab
-from tests.trading.test_broker_unavailable import app_config, fake_schwab_on, schwab_order, schwab_port  # noqa: F401
+from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  # noqa: F401
 
 
 def _resting_schwab_order(db, template):
@@ -18,7 +18,7 @@ def _resting_schwab_order(db, template):
 
 def test_one_unreadable_order_does_not_stop_the_sync_of_the_others(db, schwab_order, schwab_port):
     from worker import sync_orders
-    server = fake_schwab_on(schwab_port).start()
+    server = fake_schwab.linked_server(schwab_port).start()
     try:
         broken = _resting_schwab_order(db, schwab_order)  # older: the sync reaches it first
         healthy = _resting_schwab_order(db, schwab_order)

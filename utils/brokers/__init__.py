@@ -38,9 +38,10 @@ def get_broker(connection) -> Broker:
     return _adapter_class(name)(connection)
 
 
-def keeps_client_order_id(connection) -> bool:
-    """Whether the connection's broker stores our client_order_id (see Broker.keeps_client_order_id)."""
-    return _adapter_class(str(getattr(connection.broker, "value", connection.broker))).keeps_client_order_id
+def adapter_class(connection) -> type:
+    """The adapter class for this connection's broker, for its traits (`keeps_client_order_id`, …) without
+    building it; raises BrokerUnavailable when none is installed."""
+    return _adapter_class(str(getattr(connection.broker, "value", connection.broker)))
 
 
 def _adapter_class(name: str) -> type:

@@ -80,10 +80,13 @@ class Position:
 class Broker(abc.ABC):
     """One linked broker account. `supports_stop_orders` tells whether stops can rest at the broker;
     `keeps_client_order_id` whether it stores our client_order_id (one that does not, Schwab, can only be
-    asked for a lost order by its details, so our sends to it go one at a time per account)."""
+    asked for a lost order by its details, so our sends to it go one at a time per account);
+    `in_our_database` whether its orders live in our own database (the paper broker), so that claiming,
+    sending and recording an order can commit as one transaction."""
 
     supports_stop_orders: bool = True
     keeps_client_order_id: bool = True
+    in_our_database: bool = False
 
     @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> BrokerOrder:
