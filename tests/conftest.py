@@ -123,23 +123,55 @@ def base_config(redis_url: str, database_url: str, **extra) -> dict:
     }
 
 
+# TEST_DATABASE=postgresql runs every test on PostgreSQL (a database per test, copied from a migrated
+# template) instead of SQLite; tests that start the benchmark stack or the `make run` launcher still use SQLite.
+ON_POSTGRESQL = os.environ.get("TEST_DATABASE", "sqlite") == "postgresql"
+
+
 @pytest.fixture(scope="session")
-def template_database(tmp_path_factory, redis_server):
-    """A SQLite file migrated to head once per session; each test gets a copy."""
+def template_database(request, tmp_path_factory, redis_server):
+    """A database migrated to head once per session (a SQLite file, or a PostgreSQL database's URL); each
+    test gets a copy."""
     from flask_migrate import upgrade
 
     from main import create_app
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    app = create_app(base_config(redis_server.url, f"sqlite:///{path}"))
+    from utils.extensions import db
+    if ON_POSTGRESQL:
+        url = request.getfixturevalue("postgres_server").new_database()
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'template.db'}"
+    app = create_app(base_config(redis_server.url, url))
     with app.app_context():
         upgrade(directory=str(ROOT / "migrations"))
-    return path
+        db.engine.dispose()
+    return url
 
 
 @pytest.fixture
 def database_url(tmp_path, template_database) -> str:
-    path = tmp_path / "tradewarden.db"
-    shutil.copy(template_database, path)
+    return copy_of(template_database, tmp_path / "tradewarden.db")
+
+
+def raw_sql(database_url: str, statement: str, **params) -> list[tuple]:
+    """Run `statement` straight on the database at `database_url`, outside the app (to read what is stored,
+    or to damage it on purpose), in its own committed transaction; the rows it returns."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def copy_of(template_database: str, path: Path) -> str:
+    """A fresh copy of the migrated template: a PostgreSQL database, or a SQLite file at `path`; its URL."""
+    if ON_POSTGRESQL:
+        from tests.postgres_server import PostgresServer
+        return PostgresServer(template_database).copy_of(template_database)
+    shutil.copy(template_database.removeprefix("sqlite:///"), path)
     return f"sqlite:///{path}"
 
 

@@ -43,6 +43,13 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url.set(database=name).render_as_string(hide_password=False)
 
+    def copy_of(self, url: str) -> str:
+        """A fresh database copied from the one at `url` (nobody may be connected to it); returns its URL."""
+        name = f"tw_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(url).database}"')
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
     def _conninfo(self, database: str) -> str:
         return self.url.set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 

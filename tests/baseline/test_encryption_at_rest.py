@@ -2,14 +2,12 @@
 and `flask rotate-encryption-key` moves every encrypted value to the newest key."""
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 from cryptography.fernet import Fernet
 
 from main import create_app
 from models import UserSettings
-from tests.conftest import base_config, csrf_token_from
+from tests.conftest import base_config, csrf_token_from, raw_sql
 from utils import crypto, user_settings
 from utils.errors import DecryptionFailed
 
@@ -17,13 +15,12 @@ TOKEN = "7391827364:AAH-plaintext-bot-token-9f3k"
 
 
 def raw_tokens(database_url: str) -> list[str | None]:
-    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as connection:
-        return [row[0] for row in connection.execute("SELECT notification_bot_token FROM user_settings ORDER BY id")]
+    return [row[0] for row in raw_sql(database_url, "SELECT notification_bot_token FROM user_settings ORDER BY id")]
 
 
 def write_raw_token(database_url: str, user_id: int, value: str) -> None:
-    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as connection:
-        connection.execute("UPDATE user_settings SET notification_bot_token = ? WHERE user_id = ?", (value, user_id))
+    raw_sql(database_url, "UPDATE user_settings SET notification_bot_token = :value WHERE user_id = :user_id",
+            value=value, user_id=user_id)
 
 
 def save_token(client, token: str = TOKEN):

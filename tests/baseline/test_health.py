@@ -3,14 +3,13 @@ configuration and schema, metrics speak Prometheus. Bodies never carry versions,
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
 from main import create_app
-from tests.conftest import base_config
+from tests.conftest import base_config, raw_sql
 
 
 def assert_no_secrets(body: str, app) -> None:
@@ -95,9 +94,7 @@ def test_startup_fails_on_an_unmigrated_database(redis_server, tmp_path):
 
 
 def test_startup_fails_when_the_schema_is_not_at_the_migration_head(client, app, database_url):
-    path = database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE alembic_version SET version_num = 'an_older_revision'")
+    raw_sql(database_url, "UPDATE alembic_version SET version_num = 'an_older_revision'")
     response = client.get("/health/startup")
     assert response.status_code == 503
     body = response.get_json()

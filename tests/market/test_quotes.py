@@ -139,10 +139,8 @@ def walk(application, ticks: int) -> list[tuple[Decimal, Decimal]]:
 
 
 def copy_database(template_database, tmp_path, name: str) -> str:
-    import shutil
-    path = tmp_path / name
-    shutil.copy(template_database, path)
-    return f"sqlite:///{path}"
+    from tests.conftest import copy_of
+    return copy_of(template_database, tmp_path / name)
 
 
 def test_simulated_walk_is_reproducible_for_a_seed(redis_server, template_database, tmp_path):
