@@ -7,6 +7,7 @@ from flask_wtf import FlaskForm
 
 from models import User
 from utils import accounts
+from utils.database import ID_RULE
 from utils.errors import NotFound
 from utils.extensions import db
 from utils.sessions import admin_required
@@ -28,7 +29,7 @@ def list_users():
     return render_template("admin/users.html", users=page.items, page=page, form=FlaskForm())
 
 
-@bp.post("/users/<int:user_id>/deactivate")
+@bp.post(f"/users/<{ID_RULE}:user_id>/deactivate")
 @admin_required
 def deactivate_user(user_id: int):
     user = _user_or_404(user_id)
@@ -38,7 +39,7 @@ def deactivate_user(user_id: int):
     return redirect(url_for("admin.list_users"))
 
 
-@bp.post("/users/<int:user_id>/activate")
+@bp.post(f"/users/<{ID_RULE}:user_id>/activate")
 @admin_required
 def activate_user(user_id: int):
     user = _user_or_404(user_id)

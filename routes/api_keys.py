@@ -8,6 +8,7 @@ from wtforms import IntegerField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from utils import api_auth
+from utils.database import ID_RULE
 from utils.extensions import db
 
 bp = Blueprint("api_keys_page", __name__, url_prefix="/settings/api-keys")
@@ -52,7 +53,7 @@ def create():
     return _page(new_secret=secret, new_key=api_auth.serialize_api_key(key), status=201)
 
 
-@bp.post("/<int:key_id>/rotate")
+@bp.post(f"/<{ID_RULE}:key_id>/rotate")
 @login_required
 def rotate(key_id: int):
     if not ActionForm().validate_on_submit():
@@ -63,7 +64,7 @@ def rotate(key_id: int):
     return _page(new_secret=secret, new_key=api_auth.serialize_api_key(new), status=201)
 
 
-@bp.post("/<int:key_id>/revoke")
+@bp.post(f"/<{ID_RULE}:key_id>/revoke")
 @login_required
 def revoke(key_id: int):
     if ActionForm().validate_on_submit():

@@ -7,6 +7,7 @@ from wtforms.validators import DataRequired, Length, Regexp
 
 from utils import broker_links
 from utils.brokers import oauth
+from utils.database import ID_RULE
 from utils.extensions import db
 
 bp = Blueprint("brokers_page", __name__, url_prefix="/brokers")
@@ -66,7 +67,7 @@ def etrade_verify():
     return redirect(url_for("brokers_page.index"))
 
 
-@bp.post("/<int:connection_id>/disconnect")
+@bp.post(f"/<{ID_RULE}:connection_id>/disconnect")
 @login_required
 def disconnect(connection_id):
     connection = broker_links.disconnect(current_user, connection_id)

@@ -10,12 +10,12 @@ from wtforms.validators import NumberRange, Optional
 from models import TradeStatus
 from routes.api.exports import file_response, stored_file_response
 from utils import exports, sharing
+from utils.database import ID_RULE
 from utils.extensions import db
 
 bp = Blueprint("exports_page", __name__, url_prefix="/exports")
 
 FORMATS = [("csv", "CSV"), ("json", "JSON"), ("zip", "ZIP (trades, orders, fills, manifest)")]
-ID_RULE = "int(min=1, max=9223372036854775807)"
 
 
 class ExportForm(FlaskForm):

@@ -16,12 +16,12 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 
 from models import OrderStatus
 from utils import orders
+from utils.database import ID_RULE
 from utils.errors import DomainError, RiskLimitExceeded
 from utils.extensions import db
 
 bp = Blueprint("orders", __name__, url_prefix="/orders")
 
-ID_RULE = "int(min=1, max=9223372036854775807)"
 OPEN_STATUSES = {OrderStatus.PENDING, OrderStatus.SUBMITTING, OrderStatus.SUBMITTED,
                  OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL}
 POSITIVE = NumberRange(min=Decimal("0.0000000001"), message="Must be greater than zero.")

@@ -5,12 +5,12 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from utils import trades
+from utils.database import ID_RULE
 from utils.errors import DomainError
 from utils.extensions import db
 
 bp = Blueprint("trades", __name__, url_prefix="/trades")
 
-ID_RULE = "int(min=1, max=9223372036854775807)"
 TABS = {"open": "Open", "closed": "Closed", "cancelled": "Cancelled"}
 
 

@@ -11,7 +11,12 @@ from sqlalchemy import event, select
 from utils.errors import NotFound
 from utils.extensions import db
 
-LARGEST_ROW_ID = 2**63 - 1  # a larger id cannot exist and would overflow the database integer
+# The largest id a row can have: the INTEGER primary keys are 32-bit on PostgreSQL (SQLite's are wider, but
+# its ids count up from 1 and no table gets near two billion rows). A larger id from a request cannot name a
+# row, and comparing PostgreSQL's column with it would fail ("integer out of range"), so it is refused first.
+LARGEST_ROW_ID = 2**31 - 1
+# A Flask URL converter for row ids: anything else in the path is a 404 before any query runs.
+ID_RULE = f"int(min=1, max={LARGEST_ROW_ID})"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -49,4 +49,10 @@ class ExactDecimal(TypeDecorator):
         return format(value.normalize(), "f") if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
-        return None if value is None else Decimal(value)
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(value)
+        # NUMERIC(28, 10) pads every value to ten places: give it back as SQLite's canonical text does
+        # ("190.25", not "190.2500000000"), so values read the same on either database.
+        return Decimal(format(value.normalize(), "f"))

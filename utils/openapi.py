@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from importlib import import_module
 
+from utils.database import LARGEST_ROW_ID
+
 API_PREFIX = "/api/v1"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -86,7 +88,7 @@ def json_response(description: str, schema: dict, headers: dict | None = None) -
 def path_id(name: str, description: str = "Object id.") -> dict:
     """A required positive-integer path parameter."""
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
+            "schema": {"type": "integer", "minimum": 1, "maximum": LARGEST_ROW_ID}}
 
 
 def shared_components() -> dict:

@@ -30,7 +30,7 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import utcnow
-from utils.database import owned_row
+from utils.database import LARGEST_ROW_ID, owned_row
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -129,8 +129,8 @@ def _optional_id(unsafe: dict, field: str) -> int | None:
     if unsafe_value is None or unsafe_value == "":
         return None
     if isinstance(unsafe_value, bool) or not isinstance(unsafe_value, (int, str)) \
-            or not str(unsafe_value).strip().isdigit() or not 0 < int(unsafe_value) < 2 ** 62:
-        raise _invalid(field, f"{field} must be a positive whole number.")
+            or not str(unsafe_value).strip().isdigit() or not 0 < int(unsafe_value) <= LARGEST_ROW_ID:
+        raise _invalid(field, f"{field} must be a whole number from 1 to {LARGEST_ROW_ID}.")
     return int(unsafe_value)
 
 
@@ -993,7 +993,7 @@ def paginate(query, id_column, cursor, limit) -> tuple[list, str | None]:
     """Keyset pagination on a descending integer id: (items, next_cursor)."""
     limit = _page_size(limit)
     if cursor not in (None, ""):
-        if not str(cursor).isdigit() or len(str(cursor)) > 18:
+        if not str(cursor).isdigit() or len(str(cursor)) > 18 or int(cursor) > LARGEST_ROW_ID:
             raise _invalid("cursor", "cursor is not valid.")
         query = query.where(id_column < int(cursor))
     items = list(db.session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))

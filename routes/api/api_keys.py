@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify
 
 from utils import api_auth
+from utils.database import ID_RULE
 from utils.extensions import db
 from utils.openapi import error_responses, json_body, json_response, path_id, ref
 
@@ -26,7 +27,7 @@ def create_key():
     return jsonify({**api_auth.serialize_api_key(key), "key": secret}), 201
 
 
-@bp.post("/<int:key_id>/rotate")
+@bp.post(f"/<{ID_RULE}:key_id>/rotate")
 def rotate_key(key_id: int):
     api_auth.limit_endpoint("keys.rotate", g.api_user.id)
     new, secret, old = api_auth.rotate_api_key(g.api_user, key_id)
@@ -35,7 +36,7 @@ def rotate_key(key_id: int):
                     "previous": api_auth.serialize_api_key(old)}), 201
 
 
-@bp.post("/<int:key_id>/revoke")
+@bp.post(f"/<{ID_RULE}:key_id>/revoke")
 def revoke_key(key_id: int):
     api_auth.limit_endpoint("keys.revoke", g.api_user.id)
     key = api_auth.revoke_api_key(g.api_user, key_id)

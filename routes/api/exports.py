@@ -4,13 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, redirect, request, stream_with_context
 
 from utils import api_auth, exports, sharing, storage
+from utils.database import ID_RULE
 from utils.errors import ValidationFailed
 from utils.extensions import client_ip, db
 from utils.openapi import error_responses, json_body, json_response, path_id, ref
 
 bp = Blueprint("exports", __name__)
 
-ID_RULE = "int(min=1, max=9223372036854775807)"
 SHARE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
 
 

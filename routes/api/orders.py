@@ -10,15 +10,14 @@ from flask import Blueprint, g, jsonify, request
 from models import OrderStatus
 from utils import orders
 from utils.api_auth import json_object_body
+from utils.database import ID_RULE
 from utils.errors import ValidationFailed
-from utils.openapi import error_responses, json_body, json_response, path_id, ref
 from utils.extensions import db
+from utils.openapi import error_responses, json_body, json_response, path_id, ref
 
 bp = Blueprint("orders", __name__)
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
-MAX_DB_ID = 2**63 - 1
-ID_RULE = f"int(min=1, max={MAX_DB_ID})"
 ORDER_REQUEST_FIELDS = {"symbol", "side", "quantity", "type", "limit_price", "stop_price", "time_in_force",
                         "client_order_id", "stop_loss_price", "take_profit_price", "trailing_stop_percent",
                         "instruction", "broker_connection_id", "trade_id"}

@@ -6,8 +6,8 @@ from flask import Blueprint, g, jsonify
 from routes.api.orders import DECIMAL, DECIMAL_INPUT
 from utils import risk
 from utils.api_auth import json_object_body
-from utils.openapi import error_responses, json_body, json_response, ref
 from utils.extensions import db
+from utils.openapi import error_responses, json_body, json_response, ref
 
 bp = Blueprint("settings", __name__)
 
