@@ -76,20 +76,14 @@ def ensure_paper_connection(user) -> BrokerConnection:
 
 
 def _account_for(connection: BrokerConnection) -> PaperAccount:
-    account = db.session.execute(
-        select(PaperAccount).where(PaperAccount.connection_id == connection.id)).scalar_one_or_none()
+    """The connection's account as the database has it now (created when missing; flushes)."""
+    account = db.session.execute(select(PaperAccount).where(PaperAccount.connection_id == connection.id)
+                                 .execution_options(populate_existing=True)).scalar_one_or_none()
     if account is None:
         account = PaperAccount(user_id=connection.user_id, connection_id=connection.id, cash=starting_cash())
         db.session.add(account)
         db.session.flush()
     return account
-
-
-def _fresh_account(connection: BrokerConnection) -> PaperAccount:
-    """The connection's account as the database has it now (created when missing)."""
-    account = db.session.execute(select(PaperAccount).where(PaperAccount.connection_id == connection.id)
-                                 .execution_options(populate_existing=True)).scalar_one_or_none()
-    return account if account is not None else _account_for(connection)
 
 
 def _lock_account(account_id: int) -> PaperAccount:
@@ -289,7 +283,7 @@ class PaperBroker(Broker):
 
     def get_account(self) -> AccountSnapshot:
         """Cash, buying power (cash − open holds − 2× short value) and equity (cash + positions at market)."""
-        account = _fresh_account(self.connection)
+        account = _account_for(self.connection)
         self._account_id = account.id
         positions = _positions(self.account_id)
         quotes = market_data.get_quotes([position.symbol for position in positions])
