@@ -21,7 +21,7 @@ from utils import broker_links
 from utils.brokers import get_broker
 from utils.brokers.base import OrderRequest
 from utils.dbtypes import utcnow
-from utils.errors import BrokerAuthExpired, InsufficientFunds, OrderNotCancelable
+from utils.errors import BrokerAuthExpired, BrokerUnavailable, InsufficientFunds, OrderNotCancelable
 
 
 def _verifier_page(client):
@@ -105,6 +105,24 @@ def test_business_error_and_html_rate_limit(etrade, fakes):
     fakes["etrade"].control(fail_next=[400])  # "Number of requests exceeded the rate limit set" (HTML)
     assert etrade.get_quotes(["AAPL", "NOPE"])["AAPL"].last == Decimal("190.0")
     assert fakes["etrade"].stats()["api_calls"]["GET /v1/market/quote/<symbols>.json"] == 2
+
+
+def test_a_failed_preview_is_retried_and_never_counts_as_an_order_that_may_have_arrived(etrade, fakes):
+    """A preview places nothing: a 5xx on it is retried like a read, and when it keeps failing the order is
+    known not to be at E*TRADE (it can be failed, not kept waiting for a lookup). A 5xx on the place call
+    that follows may come after E*TRADE placed the order, so that one is in doubt."""
+    preview, place = "POST /v1/accounts/<key>/orders/preview.json", "POST /v1/accounts/<key>/orders/place.json"
+    fakes["etrade"].control(fail_next=[0, 503, 503, 503])  # the lookup by client id answers; every preview fails
+    with pytest.raises(BrokerUnavailable) as raised:
+        etrade.place_order(_order())
+    assert raised.value.may_have_arrived is False
+    calls = fakes["etrade"].stats()["api_calls"]
+    assert (calls[preview], calls.get(place, 0)) == (3, 0)
+
+    fakes["etrade"].control(fail_next=[0, 0, 503])  # lookup and preview answer; the place call gets 503
+    with pytest.raises(BrokerUnavailable) as raised:
+        etrade.place_order(_order())
+    assert raised.value.may_have_arrived is True
 
 
 def test_renews_after_two_hours_idle(etrade, fakes, db):

@@ -234,7 +234,8 @@ class ETradeBroker(Broker):
         if request.asset_type != "equity":
             raise BrokerRejected("Only equity orders are supported for E*TRADE here.", status=422)
         body = self.order_body(request)
-        preview = self._call(method, preview_path, json={"PreviewOrderRequest": body})["PreviewOrderResponse"]
+        preview = self._call(method, preview_path, changes_nothing=True,  # a preview places nothing
+                             json={"PreviewOrderRequest": body})["PreviewOrderResponse"]
         placed = self._call(method, place_path, json={"PlaceOrderRequest": {
             **body, "PreviewIds": [{"previewId": preview["PreviewIds"][0]["previewId"]}]}})["PlaceOrderResponse"]
         return self.read_back(lambda: self.get_order(str(placed["OrderIds"][0]["orderId"]), request.client_order_id))

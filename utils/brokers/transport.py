@@ -32,9 +32,13 @@ class BrokerHttp:
         self.session = session or requests.Session()
         self.is_throttled = is_throttled or (lambda response: False)  # e.g. E*TRADE's 400 + HTML page
 
-    def request(self, method: str, path: str, *, retry_unsafe: bool = False, **kwargs) -> requests.Response:
-        """Send one request; retries 429 always, 5xx/network errors only for safe or idempotent calls."""
-        safe = method in ("GET", "HEAD") or retry_unsafe
+    def request(self, method: str, path: str, *, retry_unsafe: bool = False, changes_nothing: bool = False,
+                **kwargs) -> requests.Response:
+        """Send one request; retries 429 always, 5xx/network errors only for safe or idempotent calls.
+        `changes_nothing` marks a POST that only asks (E*TRADE's order preview): it is retried like a read,
+        and its failure never counts as an order that may have reached the broker."""
+        safe = method in ("GET", "HEAD") or retry_unsafe or changes_nothing
+        changes = method not in ("GET", "HEAD") and not changes_nothing
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 response = self.session.request(method, self.base_url + path, timeout=TIMEOUT,
@@ -43,7 +47,7 @@ class BrokerHttp:
                                                 **{k: v for k, v in kwargs.items() if k != "headers"})
             except (requests.ConnectionError, requests.Timeout) as error:
                 if not safe or attempt == MAX_ATTEMPTS:
-                    raise _unavailable(f"{self.broker_name} could not be reached.", method,
+                    raise _unavailable(f"{self.broker_name} could not be reached.", changes,
                                        _may_have_arrived(error)) from error
                 _sleep(attempt, None)
                 continue
@@ -54,16 +58,16 @@ class BrokerHttp:
                 return response
             if (not throttled and not safe) or attempt == MAX_ATTEMPTS \
                     or _retry_after(response) > MAX_RETRY_AFTER_SECONDS:
-                raise _unavailable(f"{self.broker_name} is unavailable (HTTP {response.status_code}).", method,
+                raise _unavailable(f"{self.broker_name} is unavailable (HTTP {response.status_code}).", changes,
                                    not throttled, details={"status": response.status_code})
             log.info("%s answered %s; retrying (attempt %s)", self.broker_name, response.status_code, attempt)
             _sleep(attempt, _retry_after(response))
         raise BrokerUnavailable(f"{self.broker_name} is unavailable.")  # unreachable; keeps type checkers calm
 
 
-def _unavailable(message: str, method: str, may_have_arrived: bool, **kwargs) -> BrokerUnavailable:
+def _unavailable(message: str, changes: bool, may_have_arrived: bool, **kwargs) -> BrokerUnavailable:
     error = BrokerUnavailable(message, **kwargs)
-    error.may_have_arrived = method not in ("GET", "HEAD") and may_have_arrived
+    error.may_have_arrived = changes and may_have_arrived
     return error
 
 
