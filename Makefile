@@ -32,8 +32,12 @@ test-system-deps:
 	       || echo "make: postgresql could not be installed; the PostgreSQL tests will be skipped"; }; \
 	fi
 
+# The suite runs on SQLite, then again on PostgreSQL, the production database, where it is installed.
 test: test-system-deps $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if [ -n "$$TEST_DATABASE_URL" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; \
+	then echo "== the suite again, on PostgreSQL"; TEST_DATABASE=postgresql $(PY) -m pytest $(PYTEST_ARGS); \
+	else echo "make: PostgreSQL is not installed, so the suite ran on SQLite only"; fi
 
 bench: $(VENV)/.dev test-system-deps
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
