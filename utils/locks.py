@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import redis as redis_lib
 
@@ -12,10 +13,14 @@ log = logging.getLogger("tradewarden.locks")
 
 
 @contextlib.contextmanager
-def holding(lock, unavailable: Exception, busy: Exception):
+def holding(lock, unavailable: Exception, busy: Exception, keep_alive: bool = False):
     """Hold a Redis `lock` for the block (waiting up to its blocking timeout): raises `unavailable` when
     Redis does not answer and `busy` when the lock stays taken. A release Redis misses is logged; the lock
-    then expires on its own."""
+    then expires on its own.
+
+    `keep_alive` renews the lock's timeout every third of it while the block runs, so a short timeout can
+    guard work of any length and still free the lock soon after a holder that was killed (the lock must be
+    made with thread_local=False, for the renewing thread to use its token)."""
     try:
         acquired = lock.acquire()
     except redis_lib.RedisError:
@@ -23,10 +28,33 @@ def holding(lock, unavailable: Exception, busy: Exception):
         raise unavailable from None
     if not acquired:
         raise busy
+    stop_renewing = _renew_until_set(lock) if keep_alive else None
     try:
         yield
     finally:
+        if stop_renewing is not None:
+            stop_renewing()
         try:
             lock.release()
         except redis_lib.RedisError:
             log.warning("lock %s expired or unreachable at release", lock.name)
+
+
+def _renew_until_set(lock):
+    """Start renewing `lock` in a daemon thread; returns the function that stops it (and waits for it)."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lock.timeout / 3):
+            try:
+                lock.reacquire()
+            except (redis_lib.RedisError, redis_lib.exceptions.LockError):
+                log.warning("lock %s could not be renewed; it may expire while held", lock.name)
+
+    thread = threading.Thread(target=renew, name=f"renew {lock.name}", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+    return stop

@@ -505,14 +505,16 @@ def send_claimed(order_id: int, resend_allowed: bool = True) -> BrokerAnswer | N
         return None
 
 
-SEND_LOCK_SECONDS = 120  # longer than one send with its HTTP retries and timeouts
+# The send turn is renewed every 10 s while a send runs, however long its HTTP retries take, so a worker
+# killed mid-send frees its account within 30 s.
+SEND_LOCK_SECONDS = 30
 SEND_LOCK_WAIT_SECONDS = 30
 
 
 def send_lock(connection_id: int):
     """The Redis lock that lets one send at a time through to a broker account (see send_turn)."""
     return risk.cache_redis().lock(f"tradewarden:lock:send:{connection_id}", timeout=SEND_LOCK_SECONDS,
-                                   blocking_timeout=SEND_LOCK_WAIT_SECONDS)
+                                   blocking_timeout=SEND_LOCK_WAIT_SECONDS, thread_local=False)
 
 
 @contextlib.contextmanager
@@ -527,7 +529,7 @@ def send_turn(order_id: int):
     if connection is None or adapter_class(connection).keeps_client_order_id:
         yield
         return
-    with locks.holding(send_lock(connection.id),
+    with locks.holding(send_lock(connection.id), keep_alive=True,
                       unavailable=BrokerUnavailable("Sending is paused: the lock service is unavailable."),
                       busy=BrokerUnavailable("Another order on this broker account is being sent; trying again "
                                              "shortly.")):
