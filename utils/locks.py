@@ -48,7 +48,7 @@ def _renew_until_set(lock):
         while not done.wait(lock.timeout / 3):
             try:
                 lock.reacquire()
-            except (redis_lib.RedisError, redis_lib.exceptions.LockError):
+            except redis_lib.RedisError:  # LockError too: the lock was lost meanwhile
                 log.warning("lock %s could not be renewed; it may expire while held", lock.name)
 
     thread = threading.Thread(target=renew, name=f"renew {lock.name}", daemon=True)

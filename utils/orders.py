@@ -466,13 +466,13 @@ def execute_in_our_database(order_id: int) -> bool:
     sweep to queue again. Returns False, having done nothing, for an order at any other broker."""
     from utils.brokers import adapter_class
     order = db.session.get(Order, order_id)  # held here, so the calls below find it in the session
-    connection = _connection_of(order_id)
+    connection = _connection_of(order)
     try:
         if connection is None or not adapter_class(connection).in_our_database:
             return False
     except BrokerUnavailable:  # no adapter installed: the remote path reports it and retries
         return False
-    if order.status == S.PENDING and claim_submission(order_id) is not None:
+    if claim_submission(order_id) is not None:  # None: not pending any more
         answer = send_claimed(order_id)
         if answer is not None:
             pause_for_fault_injection(order_id)
@@ -480,8 +480,7 @@ def execute_in_our_database(order_id: int) -> bool:
     return True
 
 
-def _connection_of(order_id: int) -> BrokerConnection | None:
-    order = db.session.get(Order, order_id)
+def _connection_of(order: Order | None) -> BrokerConnection | None:
     return db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
 
 
@@ -525,7 +524,7 @@ def send_turn(order_id: int):
     it. Waiting our turn means every earlier send is recorded before a lookup runs. Busy → BrokerUnavailable
     (retried, and nothing was sent)."""
     from utils.brokers import adapter_class
-    connection = _connection_of(order_id)
+    connection = _connection_of(db.session.get(Order, order_id))
     if connection is None or adapter_class(connection).keeps_client_order_id:
         yield
         return
