@@ -100,12 +100,18 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
 def _executed_in_one_transaction(order_id: int) -> bool:
     """At the paper broker: claim, send and record the answer in one commit. False when the order's broker
     is elsewhere, or when its send has to wait (BrokerUnavailable, e.g. the order it replaces is still being
-    sent): that is rolled back, and the path above claims, counts and retries it."""
+    sent): that is rolled back, and the path above claims, counts and retries it. Any other error is rolled
+    back too and counted on the order, which fails after as many executions as a send has attempts."""
     try:
         done = order_service.execute_in_our_database(order_id)
     except BrokerUnavailable:
         db.session.rollback()
         return False
+    except Exception as error:  # noqa: BLE001 — counted on the order, then re-raised for the worker's log
+        db.session.rollback()
+        order_service.count_execution_error(order_id, error, give_up_after=ORDER_SEND_MAX_RETRIES + 1)
+        db.session.commit()
+        raise
     if done:
         db.session.commit()
     return done

@@ -480,6 +480,28 @@ def execute_in_our_database(order_id: int) -> bool:
     return True
 
 
+def count_execution_error(order_id: int, error: Exception, give_up_after: int) -> None:
+    """Count a failed execution of a `pending` order whose transaction was rolled back (flushes): an
+    unexpected error, not a broker's answer. Rolled back means nothing reached the paper broker, so once
+    `give_up_after` executions have failed the order is `failed`, instead of being queued by the recovery
+    sweep forever. Only the error's type is written; its message and traceback go to the worker's log."""
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.PENDING:
+        return
+    attempts = order.submit_attempts + 1
+    detail = f"execution {attempts} stopped by an internal error ({type(error).__name__})"
+    if attempts >= give_up_after:
+        _fail(order, f"{detail}; given up, nothing reached the broker", submit_attempts=attempts)
+        return
+    changed = db.session.execute(
+        update(Order).where(Order.id == order_id, Order.status == S.PENDING,
+                            Order.submit_attempts == order.submit_attempts)
+        .values(submit_attempts=attempts, updated_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+    if changed == 1:
+        db.session.add(OrderEvent(order_id=order_id, from_status=S.PENDING, to_status=S.PENDING, detail=detail))
+        db.session.flush()
+
+
 def _connection_of(order: Order | None) -> BrokerConnection | None:
     return db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
 
@@ -690,8 +712,8 @@ def fail_submission(order_id: int, reason: str) -> None:
     _fail(order, reason)
 
 
-def _fail(order: Order, reason: str) -> None:
-    transition(order, S.FAILED, detail=reason, reject_reason=reason[:255], send_outcome_unknown=False)
+def _fail(order: Order, reason: str, **values) -> None:
+    transition(order, S.FAILED, detail=reason, reject_reason=reason[:255], send_outcome_unknown=False, **values)
     trades.entry_finished(order)
 
 
