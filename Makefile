@@ -42,9 +42,9 @@ test: test-system-deps $(VENV)/.dev
 bench: $(VENV)/.dev test-system-deps
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-# Regenerate the schema migration from models.py (before the first release there is one revision).
+# The next schema migration from what changed in models.py: make migration MESSAGE="what changed"
 migration: $(VENV)/.runtime
-	$(PY) -m utils.local_run --regenerate-migration
+	$(PY) -m utils.local_run --new-migration "$(or $(MESSAGE),schema change)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

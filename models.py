@@ -248,7 +248,9 @@ class OrderStatus(enum.StrEnum):
 
 class Order(TimestampMixin, db.Model):
     __tablename__ = "orders"
+    # The risk checks read a user's orders of today (user, created) and those still working (user, status).
     __table_args__ = (Index("ix_orders_user_created", "user_id", "created_at"),
+                      Index("ix_orders_user_status", "user_id", "status"),
                       Index("ix_orders_status", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -343,6 +345,7 @@ class Trade(TimestampMixin, db.Model):
 
     __tablename__ = "trades"
     __table_args__ = (Index("ix_trades_user_status", "user_id", "status"),
+                      Index("ix_trades_user_closed", "user_id", "closed_at"),
                       Index("ix_trades_status_symbol", "status", "symbol"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -410,6 +413,7 @@ class PaperOrder(TimestampMixin, db.Model):
 
     __tablename__ = "paper_orders"
     __table_args__ = (UniqueConstraint("account_id", "client_order_id"),
+                      Index("ix_paper_orders_account_status", "account_id", "status"),
                       Index("ix_paper_orders_status_symbol", "status", "symbol"))
 
     id: Mapped[int] = mapped_column(primary_key=True)

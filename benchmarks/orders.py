@@ -9,7 +9,10 @@ A user and an API key are created directly in the database. Two phases:
 2. paced: orders at 50 per second; p99 submit-to-filled latency.
 
 The fill time is the order's `completed_at` in the database (same clock as the client). Last, one more
-order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`).
+order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`),
+and the API's CPU time per order for a user with no history and after 100,000 old orders
+(`api_cpu_ms_per_order`, `api_cpu_ms_per_order_after_100k_old_orders`: a placement should not slow down as
+an account ages).
 BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run;
 BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
@@ -108,27 +111,29 @@ def prepare_accounts(app, count: int) -> list[str]:
     """`count` users with generous risk limits and an API key each (the first is an admin, to set the
     manual prices); returns the keys. Orders of one user are serialized by the per-user risk lock, so
     the load is spread over several users, as on a multi-user platform."""
+    return [prepare_account(app, number) for number in range(count)]
+
+
+def prepare_account(app, number: int) -> str:
+    """User `bench{number}` (an admin when 0) with generous risk limits; returns its new API key."""
     from models import ApiKey, UserSettings
     from utils import accounts, api_auth
     from utils.extensions import db
-    keys = []
     with app.app_context():
-        for number in range(count):
-            email, password = f"bench{number}@example.com", "Bench-Horse-9-Battery-Staple"
-            user = accounts.ensure_admin(email, password) if number == 0 else accounts.register(email, password)
-            db.session.flush()
-            settings = db.session.query(UserSettings).filter_by(user_id=user.id).one()
-            settings.daily_trade_limit = 100_000
-            settings.daily_notional_limit = 10 ** 11
-            settings.max_concentration_pct = 100
-            settings.max_risk_per_trade_pct = 100
-            secret = api_auth.generate_key_secret()
-            db.session.add(ApiKey(user_id=user.id, name="bench", prefix=api_auth.display_prefix(secret),
-                                  secret_hash=api_auth.hash_secret(secret),
-                                  expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
-            keys.append(secret)
+        email, password = f"bench{number}@example.com", "Bench-Horse-9-Battery-Staple"
+        user = accounts.ensure_admin(email, password) if number == 0 else accounts.register(email, password)
+        db.session.flush()
+        settings = db.session.query(UserSettings).filter_by(user_id=user.id).one()
+        settings.daily_trade_limit = 100_000
+        settings.daily_notional_limit = 10 ** 11
+        settings.max_concentration_pct = 100
+        settings.max_risk_per_trade_pct = 100
+        secret = api_auth.generate_key_secret()
+        db.session.add(ApiKey(user_id=user.id, name="bench", prefix=api_auth.display_prefix(secret),
+                              secret_hash=api_auth.hash_secret(secret),
+                              expires_at=datetime.now(timezone.utc) + timedelta(days=1)))
         db.session.commit()
-    return keys
+    return secret
 
 
 def set_prices(base_url: str, key: str) -> None:
@@ -281,6 +286,46 @@ def statements_per_order(redis_url: str, key: str) -> dict:
         event.remove(Engine, "before_cursor_execute", count)
 
 
+HISTORY_ORDERS = 100_000
+
+
+def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
+    """CPU milliseconds of one POST /orders in-process, for a user with no history and again after
+    HISTORY_ORDERS filled orders 40 days old: a placement should cost the same after months of trading.
+    The jobs go to an unused Redis database, as in statements_per_order."""
+    from sqlalchemy import insert, select
+
+    from main import create_app
+    from models import BrokerConnection, Order, User
+    from utils.extensions import db
+    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+
+    def cpu_ms_per_placement(prefix: str, count: int = 60) -> float:
+        started = time.process_time()
+        for number in range(count):
+            response = client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
+                "symbol": SYMBOLS[0], "side": "buy", "quantity": "1", "type": "market",
+                "client_order_id": f"{prefix}-{number}"})
+            assert response.status_code == 202, response.get_data(as_text=True)
+        return (time.process_time() - started) / count * 1000
+
+    cpu_ms_per_placement("history-warm", 10)
+    fresh = cpu_ms_per_placement("history-none")
+    with app.app_context():
+        user_id = db.session.scalar(select(User.id).where(User.email == email))
+        connection_id = db.session.scalar(select(BrokerConnection.id).where(BrokerConnection.user_id == user_id))
+        old = datetime.now(timezone.utc) - timedelta(days=40)
+        db.session.execute(insert(Order), [
+            {"user_id": user_id, "broker_connection_id": connection_id, "client_order_id": f"old-{number}",
+             "symbol": SYMBOLS[0], "asset_type": "equity", "side": "buy", "instruction": "BUY",
+             "order_type": "market", "quantity": 1, "filled_quantity": 1, "time_in_force": "day",
+             "status": "filled", "purpose": "entry", "created_at": old, "updated_at": old, "completed_at": old}
+            for number in range(HISTORY_ORDERS)])
+        db.session.commit()
+    with_history = cpu_ms_per_placement("history-long")
+    return {"api_cpu_ms_per_order": round(fresh, 2), "api_cpu_ms_per_order_after_100k_old_orders": round(with_history, 2)}
+
+
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="tw-bench-orders-"))
     stack = Stack(directory)
@@ -299,6 +344,8 @@ def main() -> None:
         time.sleep(1)
         figures["p99_latency_ms_at_50_per_s"] = paced_phase(app, client)
         figures.update(statements_per_order(stack.env["REDIS_URL"], keys[0]))
+        figures.update(placement_with_history(stack.env["REDIS_URL"], app, f"bench{BENCH_USERS}@example.com",
+                                              prepare_account(app, BENCH_USERS)))
         if client.errors:
             print(f"first errors: {client.errors[:3]}")
     finally:

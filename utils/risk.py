@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import and_, func, or_, select, type_coerce
+from sqlalchemy import and_, func, or_, select, type_coerce, union_all
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
 from utils import locks
@@ -223,16 +223,20 @@ def realized_pnl_today(user_id: int) -> Decimal:
 
 
 def _trade_totals(user_id: int, symbol: str) -> tuple[Decimal, Decimal]:
-    """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query."""
-    closed_today, open_here = _closed_today(), and_(Trade.symbol == symbol, Trade.status.in_(OPEN_TRADE_STATUSES))
-    rows = db.session.execute(select(
-        Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type, Trade.realized_pnl,
-        closed_today.label("closed_today"), open_here.label("open_here"),
-    ).where(Trade.user_id == user_id, or_(closed_today, open_here)))
+    """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query.
+
+    Its two halves are each one index range (user and status; user and close time), so the query reads
+    only the trades that count, however many the user has closed before."""
+    open_statuses = Trade.status.in_(OPEN_TRADE_STATUSES)
+    columns = (Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type, Trade.realized_pnl,
+               (~open_statuses).label("closed_today"))
+    rows = db.session.execute(union_all(
+        select(*columns).where(Trade.user_id == user_id, open_statuses, Trade.symbol == symbol),
+        select(*columns).where(Trade.user_id == user_id, _closed_today(), ~open_statuses)))
     realized = exposure = Decimal("0")
-    for quantity, exited, entry, asset_type, pnl, is_closed_today, is_open_here in rows:
+    for quantity, exited, entry, asset_type, pnl, is_closed_today in rows:
         realized += pnl if is_closed_today else 0
-        exposure += (quantity - exited) * (entry or 0) * _multiplier(asset_type) if is_open_here else 0
+        exposure += 0 if is_closed_today else (quantity - exited) * (entry or 0) * _multiplier(asset_type)
     return realized, exposure
 
 
@@ -256,17 +260,22 @@ UNIT_PRICE = type_coerce(func.coalesce(Order.average_fill_price, Order.limit_pri
 
 
 def _order_totals(user_id: int, symbol: str, exclude_order_id: int | None) -> OrderTotals:
-    """The user's OrderTotals from one query over the orders that count toward any of them."""
+    """The user's OrderTotals from one query over the orders that count toward any of them.
+
+    Its two halves are each one index range: the user's working orders (user and status), and their other
+    orders placed today (user and creation time). Without the split it read every order the user ever
+    placed, so each new order took longer as the account's history grew."""
     entry = Order.purpose == OrderPurpose.ENTRY
+    working = Order.status.in_(WORKING_STATUSES)
     unsent = and_(entry, Order.status.in_(UNSENT_STATUSES))
-    working_here = and_(entry, Order.symbol == symbol, Order.status.in_(WORKING_STATUSES))
+    working_here = and_(entry, Order.symbol == symbol, working)
     today = and_(Order.created_at >= start_of_day(), Order.status.not_in(REFUSED_STATUSES),
                  Order.replaces_order_id.is_(None))
-    query = select(Order.quantity, Order.filled_quantity, Order.asset_type, UNIT_PRICE, unsent.label("unsent"),
-                   working_here.label("working_here"), today.label("today")) \
-        .where(Order.user_id == user_id, or_(unsent, working_here, today))
-    if exclude_order_id is not None:
-        query = query.where(Order.id != exclude_order_id)
+    columns = (Order.quantity, Order.filled_quantity, Order.asset_type, UNIT_PRICE, unsent.label("unsent"),
+               working_here.label("working_here"), today.label("today"))
+    mine = [Order.user_id == user_id] + ([Order.id != exclude_order_id] if exclude_order_id is not None else [])
+    query = union_all(select(*columns).where(*mine, working, or_(unsent, working_here, today)),
+                      select(*columns).where(*mine, today, ~working))
     unsent_notional = working_notional = notional_today = Decimal("0")
     count_today = 0
     for quantity, filled, asset_type, price, is_unsent, is_working_here, is_today in db.session.execute(query):

@@ -1,0 +1,139 @@
+"""The risk checks read what counts today, not the user's whole history.
+
+Every order placement reads the user's orders and trades for the limits, and the paper account's open
+orders for its buying power. Each of those reads must be one index range narrowed past the owner (the
+user's *working* orders, their orders of *today*, their trades closed *today*), not every row the user
+or account ever had: otherwise placing an order grows slower with each month of history (measured: 9 ms
+with no history, 39 ms after 100,000 old orders). The plans are read from the database itself (SQLite's
+EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN with sequential scans switched off, as a large table would be).
+
+The semantic tests beside them pin what the split reads must still see: yesterday's working order, and
+not yesterday's filled order or yesterday's loss.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from sqlalchemy import event, insert, select, text, update
+
+OWNER_READS = {"orders": "user_id", "trades": "user_id", "paper_orders": "account_id"}
+
+
+def reads_during(db, action) -> list[tuple[str, object]]:
+    """The SELECT statements (with their parameters) that `action()` sends to the database."""
+    statements = []
+
+    def remember(_conn, _cursor, statement, parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    engine = db.engine
+    event.listen(engine, "before_cursor_execute", remember)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", remember)
+    return statements
+
+
+def plan_of(db, statement: str, parameters) -> str:
+    """The database's plan for `statement`, as one text."""
+    with db.engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            return "\n".join(row[3] for row in rows)
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        return "\n".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters))
+
+
+def owner_only_reads(plan: str) -> list[str]:
+    """The parts of `plan` that read one of OWNER_READS's tables by its owner column alone (or not by an
+    index at all): those read the owner's whole history."""
+    found = []
+    for table, owner in OWNER_READS.items():
+        if re.search(rf"\bSCAN {table}\b|Seq Scan on {table}\b", plan):
+            found.append(f"{table}: full scan")
+        if re.search(rf"SEARCH {table} USING (COVERING )?INDEX \w+ \({owner}=\?\)", plan):
+            found.append(f"{table}: by {owner} alone")
+    for index_condition in re.findall(r"Index Cond: \((.*)\)", plan):
+        for table, owner in OWNER_READS.items():
+            if re.fullmatch(rf"\(?{owner} = [^()]+\)?", index_condition.strip()):
+                found.append(f"an index read by {owner} alone: {index_condition}")
+    return found
+
+
+def months_of_history(db, user, count: int = 1500) -> None:
+    """`count` orders, trades and paper orders of the user, all finished 40 days ago. PostgreSQL gets fresh
+    statistics, as its autovacuum would give it; SQLite plans without any, as Tradewarden never runs ANALYZE."""
+    from models import Order, PaperAccount, PaperOrder, Trade
+    from utils.brokers import ensure_paper_connection
+    connection = ensure_paper_connection(user)
+    account_id = db.session.scalar(select(PaperAccount.id).where(PaperAccount.connection_id == connection.id))
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    common = {"symbol": "AAPL", "asset_type": "equity", "created_at": old, "updated_at": old}
+    order = {**common, "side": "buy", "instruction": "BUY", "order_type": "market", "time_in_force": "day",
+             "quantity": Decimal("1"), "filled_quantity": Decimal("1"), "status": "filled"}
+    db.session.execute(insert(Order), [
+        {**order, "user_id": user.id, "broker_connection_id": connection.id, "client_order_id": f"old-{n}",
+         "purpose": "entry", "completed_at": old} for n in range(count)])
+    db.session.execute(insert(PaperOrder), [
+        {**order, "account_id": account_id, "public_id": f"00000000-0000-0000-0000-{n:012d}",
+         "client_order_id": f"old-{n}", "filled_notional": Decimal("100"), "filled_at": old} for n in range(count)])
+    db.session.execute(insert(Trade), [
+        {**common, "user_id": user.id, "broker_connection_id": connection.id, "side": "long", "status": "closed",
+         "quantity": Decimal("1"), "exit_quantity": Decimal("1"), "entry_price": Decimal("100"),
+         "exit_price": Decimal("99"), "realized_pnl": Decimal("-1"), "opened_at": old, "closed_at": old}
+        for _ in range(count)])
+    db.session.commit()
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("ANALYZE"))
+        db.session.commit()
+
+
+def test_placing_an_order_reads_no_table_by_its_owner_alone(app, db, user, set_price):
+    from utils import orders
+    set_price("AAPL", "100")
+    months_of_history(db, user)
+    reads = reads_during(db, lambda: orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "2",
+                                                                "type": "market", "time_in_force": "day"}))
+    checked = 0
+    for statement, parameters in reads:
+        if not any(re.search(rf"\bFROM {table}\b", statement) for table in OWNER_READS):
+            continue
+        checked += 1
+        plan = plan_of(db, statement, parameters)
+        assert owner_only_reads(plan) == [], f"{statement.splitlines()[0][:90]}…\n{plan}"
+    assert checked >= 3  # the order totals, the trade totals and the paper account's open orders
+
+
+def _backdate(db, model, row_id: int, **columns) -> None:
+    db.session.execute(update(model).where(model.id == row_id).values(**columns))
+    db.session.commit()
+
+
+def test_yesterdays_working_order_still_counts_and_yesterdays_filled_order_does_not(db, user, make_order):
+    from models import Order
+    from utils import risk
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    still_working = make_order(status="submitted", quantity="240", limit_price=Decimal("100"))
+    done = make_order(status="filled", quantity="5", average_fill_price=Decimal("100"))
+    for order in (still_working, done):
+        _backdate(db, Order, order.id, created_at=yesterday)
+    totals = risk._order_totals(user.id, "AAPL", exclude_order_id=None)
+    assert totals.working_notional_in_symbol == Decimal("24000")  # yesterday's limit order is still working
+    assert (totals.count_today, totals.notional_today) == (0, Decimal("0"))
+
+
+def test_a_loss_closed_yesterday_is_not_todays_loss(db, user, make_order):
+    from models import Trade
+    from utils import risk
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    old, today = make_order(status="filled"), make_order(status="filled")
+    _backdate(db, Trade, old.trade_id, status="closed", realized_pnl=Decimal("-700"), closed_at=yesterday)
+    _backdate(db, Trade, today.trade_id, status="closed", realized_pnl=Decimal("-40"),
+              closed_at=datetime.now(timezone.utc))
+    held = make_order(status="filled", quantity="3")
+    _backdate(db, Trade, held.trade_id, status="open", quantity=Decimal("3"), entry_price=Decimal("50"))
+    assert risk._trade_totals(user.id, "AAPL") == (Decimal("-40"), Decimal("150"))
