@@ -74,7 +74,9 @@ class Stack:
                     "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL")
                     or f"sqlite:///{directory / 'bench.db'}",
                     "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0", "TRADEWARDEN_ENV": "development",
-                    "MARKET_DATA_SOURCE": "manual", "API_RATE_LIMIT": "10000000/minute",
+                    # Prices are set once, by hand: they must not count as stale however long a run takes.
+                    "MARKET_DATA_SOURCE": "manual", "QUOTE_MAX_AGE_SECONDS": "86400",
+                    "API_RATE_LIMIT": "10000000/minute",
                     "PORT": str(self.web_port), "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),
                     "STORAGE_DIR": str(directory / "files"), "PYTHONUNBUFFERED": "1"}
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})

@@ -78,3 +78,17 @@ def user(make_user):
 @pytest.fixture
 def other_user(make_user):
     return make_user(email="other-trader@example.com")
+
+
+def age_the_price(app, db, symbol: str) -> None:
+    """Make the symbol's stored price older than QUOTE_MAX_AGE_SECONDS (the feed stopped) and drop the cache."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from models import MarketPrice
+    from utils import market_data
+    old = datetime.now(timezone.utc) - timedelta(seconds=app.config["QUOTE_MAX_AGE_SECONDS"] + 60)
+    db.session.execute(update(MarketPrice).where(MarketPrice.symbol == symbol).values(as_of=old))
+    db.session.commit()
+    market_data.cache().flushdb()

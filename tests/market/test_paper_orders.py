@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.market.conftest import order_request
+from tests.market.conftest import age_the_price, order_request
 from utils.errors import BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound
 
 
@@ -457,3 +457,42 @@ def test_day_order_expires_after_midnight_utc_but_gtc_keeps_resting(broker, db, 
     assert match() == 1
     assert broker.get_order(day.broker_order_id).status == "expired"
     assert broker.get_order(gtc.broker_order_id).status == "filled"
+
+
+# --- stale prices ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields", [{}, {"order_type": "limit", "limit_price": "120"}], ids=["market", "limit"])
+def test_an_order_on_a_stale_price_is_refused_and_nothing_is_placed(app, broker, db, set_price, fields):
+    from sqlalchemy import func, select
+
+    from models import PaperOrder
+    set_price("AAPL", "100")
+    age_the_price(app, db, "AAPL")
+    with pytest.raises(BrokerRejected) as refused:
+        place(broker, db, quantity="10", **fields)
+    assert refused.value.code == "stale_quote" and "AAPL" in refused.value.message
+    assert refused.value.details["max_age_seconds"] == app.config["QUOTE_MAX_AGE_SECONDS"]
+    db.session.rollback()
+    assert db.session.scalar(select(func.count(PaperOrder.id))) == 0
+    assert broker.get_account().cash == Decimal("100000")
+    set_price("AAPL", "100")  # a fresh price: the same order goes through
+    assert place(broker, db, quantity="10", **fields).status == "filled"
+
+
+def test_a_replace_on_a_stale_price_is_refused_and_the_old_order_stays(app, broker, db, set_price):
+    set_price("AAPL", "100")
+    old = place(broker, db, order_type="limit", limit_price="90")
+    age_the_price(app, db, "AAPL")
+    with pytest.raises(BrokerRejected) as refused:
+        broker.replace_order(old.broker_order_id, order_request(order_type="limit", limit_price="120"))
+    assert refused.value.code == "stale_quote"
+    db.session.rollback()
+    assert broker.get_order(old.broker_order_id).status == "submitted"
+
+
+def test_a_resend_of_an_accepted_order_is_answered_even_when_the_price_went_stale(app, broker, db, set_price):
+    set_price("AAPL", "100")
+    first = place(broker, db, client_order_id="before-stale", quantity="10")
+    age_the_price(app, db, "AAPL")
+    again = place(broker, db, client_order_id="before-stale", quantity="10")
+    assert (again.broker_order_id, again.status) == (first.broker_order_id, "filled")

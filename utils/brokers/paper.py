@@ -159,6 +159,22 @@ def _reject(message: str, **details) -> BrokerRejected:
     return BrokerRejected(message, details=details)
 
 
+def current_quote(symbol: str, quote: Quote | None) -> Quote:
+    """The quote an order may be accepted on: InvalidSymbol without one, BrokerRejected (`stale_quote`) when
+    it is older than QUOTE_MAX_AGE_SECONDS. A real market never fills at an old price, so neither does
+    the paper broker (the price feed stopped, or a manual price was left standing): the order is refused
+    with the quote's age, and nothing is placed."""
+    if quote is None:
+        raise InvalidSymbol(f"No price is available for {symbol}.", details={"symbol": symbol})
+    if market_data.is_stale(quote):
+        age = int((utcnow() - quote.as_of).total_seconds())
+        raise BrokerRejected(f"No current price for {symbol}: its last quote is {age} s old, so the paper broker "
+                             "cannot fill against it.", code="stale_quote",
+                             details={"symbol": symbol, "quote_as_of": quote.as_of.isoformat(),
+                                      "max_age_seconds": int(market_data.default_max_age().total_seconds())})
+    return quote
+
+
 def validate_request(request: OrderRequest) -> str:
     """The canonical symbol of a well-formed request; raises BrokerRejected / InvalidSymbol."""
     symbol = market_data.canonical_symbol(request.symbol)
@@ -225,11 +241,12 @@ class PaperBroker(Broker):
         """Accept an order (filling it at once when marketable); the same client_order_id returns the
         existing order. Raises BrokerRejected, InvalidSymbol, InsufficientFunds."""
         symbol = validate_request(request)
-        quote = self._quote(symbol)
+        quote = market_data.get_quotes([symbol]).get(symbol)  # read before the lock, judged after the lookup
         account = self._lock()
         existing = self._by_client_id(request.client_order_id)  # looked up under the lock: no twin can race it
         if existing is not None:
             return to_broker_order(existing)
+        quote = current_quote(symbol, quote)
         order = self._accept(account, request, symbol, quote)
         fill = _match_order(account, order, quote)
         return to_broker_order(order, fills=[fill] if fill else [])  # a new order has no other fills
@@ -265,7 +282,7 @@ class PaperBroker(Broker):
         if existing is not None:
             raise _reject("client_order_id is already used by another order.", field="client_order_id")
         symbol = validate_request(request)
-        quote = self._quote(symbol)
+        quote = current_quote(symbol, market_data.get_quotes([symbol]).get(symbol))
         account = self._lock()
         old = self._order(broker_order_id)
         self._check_replaceable(old, request, symbol)
@@ -303,12 +320,6 @@ class PaperBroker(Broker):
         account = _lock_connection_account(self.connection)
         self._account_id = account.id
         return account
-
-    def _quote(self, symbol: str) -> Quote:
-        quote = market_data.get_quotes([symbol]).get(symbol)
-        if quote is None:
-            raise InvalidSymbol(f"No price is available for {symbol}.", details={"symbol": symbol})
-        return quote
 
     def _by_client_id(self, client_order_id: str) -> PaperOrder | None:
         return db.session.execute(
