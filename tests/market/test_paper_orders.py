@@ -496,3 +496,43 @@ def test_a_resend_of_an_accepted_order_is_answered_even_when_the_price_went_stal
     age_the_price(app, db, "AAPL")
     again = place(broker, db, client_order_id="before-stale", quantity="10")
     assert (again.broker_order_id, again.status) == (first.broker_order_id, "filled")
+
+
+# --- closing orders never pass zero ------------------------------------------------------------------
+
+def test_a_stop_for_more_than_is_still_held_sells_what_is_held_and_the_rest_is_cancelled(broker, db, set_price,
+                                                                                         match):
+    """The window a broker-side stop for the whole position leaves after part of it was sold: the stop
+    triggers before it is resized. It must close the position, not open a short of the difference."""
+    set_price("AAPL", "100")
+    place(broker, db, quantity="10")
+    stop = place(broker, db, side="sell", quantity="10", order_type="stop", stop_price="95")
+    place(broker, db, side="sell", quantity="4")  # the partial exit
+    set_price("AAPL", "94")
+    match()
+    stopped = broker.get_order(stop.broker_order_id)
+    assert (stopped.status, stopped.filled_quantity) == ("cancelled", Decimal("6"))
+    assert stopped.reject_reason == "Cancelled: the position it closes is already closed."
+    assert broker.get_positions() == []
+
+
+def test_a_closing_order_with_nothing_held_fills_nothing(broker, db, set_price):
+    set_price("AAPL", "100")
+    for instruction in ("SELL", "BUY_TO_COVER"):
+        order = place(broker, db, side="sell" if instruction == "SELL" else "buy", quantity="5",
+                      instruction=instruction)
+        assert (order.status, order.filled_quantity, order.fills) == ("cancelled", Decimal("0"), ())
+    assert broker.get_positions() == []
+    assert broker.get_account().cash == Decimal("100000")
+
+
+def test_covering_a_short_stops_at_zero_and_opening_instructions_still_go_past_it(broker, db, set_price):
+    set_price("AAPL", "100")
+    place(broker, db, side="sell", quantity="10", instruction="SELL_SHORT")
+    cover = place(broker, db, side="buy", quantity="15", instruction="BUY_TO_COVER")
+    assert (cover.status, cover.filled_quantity) == ("cancelled", Decimal("10"))
+    assert broker.get_positions() == []
+    place(broker, db, side="buy", quantity="3", instruction="BUY")
+    place(broker, db, side="sell", quantity="5", instruction="SELL_SHORT")  # an opening sell may go short
+    [position] = broker.get_positions()
+    assert position.quantity == Decimal("-2")

@@ -42,6 +42,12 @@ ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
 TIME_IN_FORCE = ("day", "gtc")
 BUY_INSTRUCTIONS = {"BUY", "BUY_TO_OPEN", "BUY_TO_CLOSE", "BUY_TO_COVER"}
 SELL_INSTRUCTIONS = {"SELL", "SELL_SHORT", "SELL_TO_OPEN", "SELL_TO_CLOSE"}
+# Schwab's instructions that close a position (shorts open with SELL_SHORT / SELL_TO_OPEN). A closing order
+# never takes the position past zero: one that finds less held than it still asks for when it fills (a stop
+# for the whole position after part was sold, a second exit racing the first) fills what is held and the
+# rest is cancelled, instead of opening a position the other way.
+CLOSING_INSTRUCTIONS = {"SELL", "SELL_TO_CLOSE", "BUY_TO_COVER", "BUY_TO_CLOSE"}
+NOTHING_LEFT_TO_CLOSE = "Cancelled: the position it closes is already closed."
 QUANTITY_PLACES = 9
 AVERAGE_PLACES = Decimal("0.0000000001")
 
@@ -460,8 +466,26 @@ def _match_order(account: PaperAccount, order: PaperOrder, quote: Quote | None) 
         if triggers:  # a stop-limit whose stop was reached becomes a resting limit
             _claim(order, stop_triggered_at=utcnow())
         return None
-    quantity = min(order.quantity - order.filled_quantity, _liquidity())
-    return _fill(account, order, quantity, price, triggered=triggers)
+    quantity = min(order.quantity - order.filled_quantity, _liquidity(), _closable(account.id, order))
+    if quantity <= 0:
+        _claim(order, status="cancelled", canceled_at=utcnow(), reject_reason=NOTHING_LEFT_TO_CLOSE)
+        return None
+    fill = _fill(account, order, quantity, price, triggered=triggers)
+    if fill is not None and order.status in OPEN_STATUSES and _closable(account.id, order) <= 0:
+        _claim(order, status="cancelled", canceled_at=utcnow(), reject_reason=NOTHING_LEFT_TO_CLOSE)
+    return fill
+
+
+def _closable(account_id: int, order: PaperOrder) -> Decimal:
+    """How much of the order may fill without passing zero: what is held in the closing direction for a
+    closing instruction, all of its remainder for an opening one."""
+    remaining = order.quantity - order.filled_quantity
+    if order.instruction not in CLOSING_INSTRUCTIONS:
+        return remaining
+    held = db.session.execute(select(PaperPosition.quantity).where(
+        PaperPosition.account_id == account_id, PaperPosition.symbol == order.symbol)).scalar_one_or_none()
+    held = held or Decimal(0)
+    return max(held if order.side == "sell" else -held, Decimal(0))
 
 
 def _day_is_over(order: PaperOrder) -> bool:
