@@ -516,14 +516,30 @@ def test_a_stop_for_more_than_is_still_held_sells_what_is_held_and_the_rest_is_c
     assert broker.get_positions() == []
 
 
-def test_a_closing_order_with_nothing_held_fills_nothing(broker, db, set_price):
+def test_a_closing_order_with_nothing_held_is_refused(broker, db, set_price):
     set_price("AAPL", "100")
-    for instruction in ("SELL", "BUY_TO_COVER"):
-        order = place(broker, db, side="sell" if instruction == "SELL" else "buy", quantity="5",
-                      instruction=instruction)
-        assert (order.status, order.filled_quantity, order.fills) == ("cancelled", Decimal("0"), ())
+    for side, instruction in (("sell", "SELL"), ("buy", "BUY_TO_COVER")):
+        with pytest.raises(BrokerRejected, match="Nothing to close"):
+            place(broker, db, side=side, quantity="5", instruction=instruction)
+        db.session.rollback()
     assert broker.get_positions() == []
     assert broker.get_account().cash == Decimal("100000")
+
+
+def test_a_partial_exit_beside_a_stop_for_the_whole_position_needs_no_buying_power(make_broker, make_user, db,
+                                                                                    set_price):
+    """Fully invested, with a resting stop for the whole position: selling part of it still goes through
+    (a closing sell never goes short, so it holds nothing against buying power)."""
+    from models import PaperAccount
+    broker = make_broker(make_user(email="all-in@example.com"))
+    set_price("AAPL", "100")
+    place(broker, db, quantity="990")
+    db.session.query(PaperAccount).update({"cash": Decimal("50")})
+    db.session.commit()
+    place(broker, db, side="sell", quantity="990", order_type="stop", stop_price="95")
+    sold = place(broker, db, side="sell", quantity="400")
+    assert (sold.status, sold.filled_quantity) == ("filled", Decimal("400"))
+    assert broker.get_positions()[0].quantity == Decimal("590")
 
 
 def test_covering_a_short_stops_at_zero_and_opening_instructions_still_go_past_it(broker, db, set_price):

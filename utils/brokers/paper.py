@@ -371,10 +371,18 @@ class PaperBroker(Broker):
 
 def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_type: str,
                    positions: list[PaperPosition], replacing: PaperOrder | None) -> Decimal:
-    """Units that need buying power: all of a buy; the part of a sell beyond the long position (a short)."""
+    """Units that need buying power: all of a buy; none of a closing sell (it never goes short); the part of
+    an opening sell beyond the long position not already being sold (a short). A closing order with nothing
+    held to close is refused."""
+    held = next((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
+    if (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS \
+            and (held if request.side == "sell" else -held) <= 0:
+        raise _reject(f"Nothing to close: no {'long' if request.side == 'sell' else 'short'} {symbol} position "
+                      "is held.", field="instruction")
     if request.side == "buy":
         return request.quantity
-    held = next((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
+    if (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS:
+        return Decimal(0)
     freed = replacing.quantity - replacing.filled_quantity if replacing is not None else Decimal(0)
     available = held - _open_sell_quantity(account_id, symbol) + freed
     excess = request.quantity - max(available, Decimal(0))
