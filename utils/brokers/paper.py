@@ -375,13 +375,13 @@ def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_ty
     an opening sell beyond the long position not already being sold (a short). A closing order with nothing
     held to close is refused."""
     held = next((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
-    if (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS \
-            and (held if request.side == "sell" else -held) <= 0:
+    closing = (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS
+    if closing and (held if request.side == "sell" else -held) <= 0:
         raise _reject(f"Nothing to close: no {'long' if request.side == 'sell' else 'short'} {symbol} position "
                       "is held.", field="instruction")
     if request.side == "buy":
         return request.quantity
-    if (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS:
+    if closing:
         return Decimal(0)
     freed = replacing.quantity - replacing.filled_quantity if replacing is not None else Decimal(0)
     available = held - _open_sell_quantity(account_id, symbol) + freed
