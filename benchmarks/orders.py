@@ -255,6 +255,22 @@ def paced_phase(app, client: Client) -> float | None:
     return round(percentile(latencies, 0.99), 1) if latencies else None
 
 
+def in_process_api(redis_url: str):
+    """A test client of the app whose order jobs go to an unused Redis database, so the running worker never
+    takes them; and a function posting a 1-share market buy with a client_order_id through it."""
+    from main import create_app
+    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+
+    def post(key: str, client_order_id: str):
+        response = client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
+            "symbol": SYMBOLS[0], "side": "buy", "quantity": "1", "type": "market",
+            "client_order_id": client_order_id})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        return response
+
+    return post
+
+
 def statements_per_order(redis_url: str, key: str) -> dict:
     """SQL statements one market order costs, counted in-process (a figure the machine's speed cannot blur):
     the API's POST /orders, then the worker's orders.execute. The order's job goes to an unused Redis
@@ -263,18 +279,15 @@ def statements_per_order(redis_url: str, key: str) -> dict:
     from sqlalchemy.engine import Engine
 
     import worker
-    from main import create_app
     counted: list[str] = []
 
     def count(_conn, _cursor, statement, *_args):
         counted.append(statement)
 
-    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+    post = in_process_api(redis_url)
 
     def place(number: int) -> int:
-        return client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
-            "symbol": SYMBOLS[0], "side": "buy", "quantity": "1", "type": "market",
-            "client_order_id": f"count-{number}"}).get_json()["id"]
+        return post(key, f"count-{number}").get_json()["id"]
 
     worker.execute_order(place(0))  # warm: the key's cache, the connection pools
     event.listen(Engine, "before_cursor_execute", count)
@@ -297,18 +310,14 @@ def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
     The jobs go to an unused Redis database, as in statements_per_order."""
     from sqlalchemy import insert, select
 
-    from main import create_app
     from models import BrokerConnection, Order, User
     from utils.extensions import db
-    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+    post = in_process_api(redis_url)
 
     def cpu_ms_per_placement(prefix: str, count: int = 60) -> float:
         started = time.process_time()
         for number in range(count):
-            response = client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
-                "symbol": SYMBOLS[0], "side": "buy", "quantity": "1", "type": "market",
-                "client_order_id": f"{prefix}-{number}"})
-            assert response.status_code == 202, response.get_data(as_text=True)
+            post(key, f"{prefix}-{number}")
         return (time.process_time() - started) / count * 1000
 
     cpu_ms_per_placement("history-warm", 10)

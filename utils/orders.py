@@ -439,16 +439,21 @@ def claim_submission(order_id: int, attempt: int | None = None) -> int | None:
 
 
 def _claim_retry(order: Order, attempt: int) -> int | None:
+    return attempt + 1 if _count_attempt(order.id, S.SUBMITTING, attempt, f"send attempt {attempt + 1}") else None
+
+
+def _count_attempt(order_id: int, status: OrderStatus, attempt: int, detail: str) -> bool:
+    """Raise the order's attempt count from `attempt`, staying in `status`, with an event saying why (flushes).
+    False when the order moved on or someone else counted first (one conditional UPDATE)."""
     changed = db.session.execute(
-        update(Order).where(Order.id == order.id, Order.status == S.SUBMITTING, Order.submit_attempts == attempt)
+        update(Order).where(Order.id == order_id, Order.status == status, Order.submit_attempts == attempt)
         .values(submit_attempts=attempt + 1, updated_at=utcnow())
         .execution_options(synchronize_session="fetch")).rowcount
     if changed != 1:
-        return None
-    db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
-                              detail=f"send attempt {attempt + 1}"))
+        return False
+    db.session.add(OrderEvent(order_id=order_id, from_status=status, to_status=status, detail=detail))
     db.session.flush()
-    return attempt + 1
+    return True
 
 
 @dataclass(frozen=True)
@@ -493,13 +498,7 @@ def count_execution_error(order_id: int, error: Exception, give_up_after: int) -
     if attempts >= give_up_after:
         _fail(order, f"{detail}; given up, nothing reached the broker", submit_attempts=attempts)
         return
-    changed = db.session.execute(
-        update(Order).where(Order.id == order_id, Order.status == S.PENDING,
-                            Order.submit_attempts == order.submit_attempts)
-        .values(submit_attempts=attempts, updated_at=utcnow()).execution_options(synchronize_session=False)).rowcount
-    if changed == 1:
-        db.session.add(OrderEvent(order_id=order_id, from_status=S.PENDING, to_status=S.PENDING, detail=detail))
-        db.session.flush()
+    _count_attempt(order_id, S.PENDING, order.submit_attempts, detail)
 
 
 def _connection_of(order: Order | None) -> BrokerConnection | None:

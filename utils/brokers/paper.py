@@ -357,7 +357,7 @@ class PaperBroker(Broker):
         order = PaperOrder(
             public_id=str(uuid.uuid4()), account_id=account.id, client_order_id=request.client_order_id,
             symbol=symbol, asset_type=asset_type, side=request.side,
-            instruction=(request.instruction or request.side).upper(), order_type=request.order_type,
+            instruction=_instruction_of(request), order_type=request.order_type,
             time_in_force=request.time_in_force, quantity=request.quantity, limit_price=request.limit_price,
             stop_price=request.stop_price, hold_quantity=hold_quantity,
             hold_price=_reference_price(request, quote), status="submitted", version=0,
@@ -375,8 +375,8 @@ def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_ty
     an opening sell beyond the long position not already being sold (a short). A closing order with nothing
     held to close is refused."""
     held = next((p.quantity for p in positions if p.symbol == symbol), Decimal(0))
-    closing = (request.instruction or request.side).upper() in CLOSING_INSTRUCTIONS
-    if closing and (held if request.side == "sell" else -held) <= 0:
+    closing = _instruction_of(request) in CLOSING_INSTRUCTIONS
+    if closing and _closing_room(held, request.side) <= 0:
         raise _reject(f"Nothing to close: no {'long' if request.side == 'sell' else 'short'} {symbol} position "
                       "is held.", field="instruction")
     if request.side == "buy":
@@ -389,6 +389,15 @@ def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_ty
     if excess > 0 and asset_type == market_data.CRYPTO:
         raise _reject("Crypto cannot be sold short: the position is too small.", available=str(max(available, 0)))
     return max(excess, Decimal(0))
+
+
+def _instruction_of(request: OrderRequest) -> str:
+    return (request.instruction or request.side).upper()
+
+
+def _closing_room(held: Decimal, side: str) -> Decimal:
+    """How much a closing order on `side` may fill against the signed position `held` before passing zero."""
+    return max(held if side == "sell" else -held, Decimal(0))
 
 
 def _open_sell_quantity(account_id: int, symbol: str) -> Decimal:
@@ -474,12 +483,13 @@ def _match_order(account: PaperAccount, order: PaperOrder, quote: Quote | None) 
         if triggers:  # a stop-limit whose stop was reached becomes a resting limit
             _claim(order, stop_triggered_at=utcnow())
         return None
-    quantity = min(order.quantity - order.filled_quantity, _liquidity(), _closable(account.id, order))
+    closable = _closable(account.id, order)
+    quantity = min(order.quantity - order.filled_quantity, _liquidity(), closable)
     if quantity <= 0:
         _claim(order, status="cancelled", canceled_at=utcnow(), reject_reason=NOTHING_LEFT_TO_CLOSE)
         return None
     fill = _fill(account, order, quantity, price, triggered=triggers)
-    if fill is not None and order.status in OPEN_STATUSES and _closable(account.id, order) <= 0:
+    if fill is not None and order.status in OPEN_STATUSES and closable - quantity <= 0:
         _claim(order, status="cancelled", canceled_at=utcnow(), reject_reason=NOTHING_LEFT_TO_CLOSE)
     return fill
 
@@ -492,8 +502,7 @@ def _closable(account_id: int, order: PaperOrder) -> Decimal:
         return remaining
     held = db.session.execute(select(PaperPosition.quantity).where(
         PaperPosition.account_id == account_id, PaperPosition.symbol == order.symbol)).scalar_one_or_none()
-    held = held or Decimal(0)
-    return max(held if order.side == "sell" else -held, Decimal(0))
+    return _closing_room(held or Decimal(0), order.side)
 
 
 def _day_is_over(order: PaperOrder) -> bool:
