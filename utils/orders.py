@@ -289,6 +289,7 @@ def _commit_new_order(request: OrderInput) -> None:
 
 
 def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Order:
+    check_tradable_now(connection, request.symbol)
     if request.is_entry:
         order = _order_from(user, connection, request, estimated_price=_check_entry(user, connection, request))
         order.trade_id = trades.create_pending(order, request.direction).id  # the trade first: one INSERT each
@@ -296,6 +297,18 @@ def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Or
         order = _order_from(user, connection, request, trade_id=trades.exit_trade_for(user, request).id,
                             purpose=OrderPurpose.EXIT)
     return _added_with_event(order)
+
+
+def check_tradable_now(connection: BrokerConnection, symbol: str) -> None:
+    """Refuse now, as a 422 on the symbol, an order its broker is sure to reject for want of a price: the
+    paper broker fills only against a current quote (code `stale_quote`, with the quote's time, or
+    `invalid_symbol` when it has none). Accepted instead, it would only end `rejected` in the worker."""
+    from utils.brokers import get_broker
+    try:
+        get_broker(connection).check_tradable_now(symbol)
+    except BrokerRejected as refusal:
+        raise ValidationFailed(refusal.message, code=refusal.code,
+                               details={**refusal.details, "field": "symbol"}) from None
 
 
 def _new_order(user, connection, request: OrderInput, **values) -> Order:
@@ -925,6 +938,7 @@ def _merged_request(old: Order, unsafe: dict) -> dict:
 
 def _create_replacement(user, old: Order, request: OrderInput) -> Order:
     connection = db.session.get(BrokerConnection, old.broker_connection_id)
+    check_tradable_now(connection, request.symbol)
     estimated_price = old.estimated_price
     if request.is_entry:
         estimated_price = _check_entry(user, connection, request, exclude_order_id=old.id)

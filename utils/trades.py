@@ -238,8 +238,12 @@ def list_trades(user, *, status=None, cursor=None, limit=50) -> tuple[list[Trade
 def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Trade:
     """Claim `open → closing` (once), cancel the trade's working exits at the broker, and enqueue one market
     exit for what is still held (flushes). Raises NotFound, Conflict when the trade is not open or one of its
-    exits is still being sent (the caller rolls back the claim), BrokerUnavailable."""
+    exits is still being sent (the caller rolls back the claim), BrokerUnavailable, and ValidationFailed
+    for a manual close its broker cannot fill now (no current price at the paper broker): the trade stays
+    open and guarded rather than have its stop withdrawn for an exit that would be rejected."""
     trade = get_trade(user, trade_id)
+    if reason == CloseReason.MANUAL and trade.status == T.OPEN:
+        orders.check_tradable_now(db.session.get(BrokerConnection, trade.broker_connection_id), trade.symbol)
     try:
         transition_trade(trade, T.CLOSING, close_reason=reason)
     except InvalidTransition:

@@ -5,7 +5,6 @@ It must exit non-zero, and its stderr must carry one line naming the variable an
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import urllib.request

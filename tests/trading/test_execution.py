@@ -282,12 +282,3 @@ def test_the_second_order_of_the_day_is_denied_by_a_limit_of_one(db, user, set_p
         orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "1", "type": "market"})
     assert caught.value.code == "risk.daily_trade_limit" and caught.value.details["orders_today"] == "1"
 
-
-def test_a_market_order_on_a_stale_price_is_rejected_with_the_reason(app, db, user, celery_worker, set_price):
-    from models import Trade
-    from tests.market.conftest import age_the_price
-    set_price("AAPL", "100")
-    age_the_price(app, db, "AAPL")
-    order = wait_status(db, market_buy(user, "10"), "rejected")
-    assert "No current price for AAPL" in order.reject_reason and order.filled_quantity == 0
-    assert db.session.get(Trade, order.trade_id).status == "cancelled"

@@ -84,6 +84,17 @@ def test_order_ticket_shows_a_service_validation_error_on_its_field(client, logi
                      re.S)
 
 
+def test_order_ticket_shows_a_stale_price_on_the_symbol(app, db, client, login, user, set_price):
+    from tests.market.conftest import age_the_price
+    login(user)
+    set_price("AAPL", "100")
+    age_the_price(app, db, "AAPL")
+    response = place_from_ticket(client, quantity="1")
+    assert response.status_code == 422
+    assert re.search(r'has-error.*?name="symbol".*?class="error">No current price for AAPL',
+                     response.get_data(as_text=True), re.S)
+
+
 def test_order_ticket_shows_a_risk_denial_inline_with_its_numbers(client, login, user, set_price, api_client_for):
     api_client_for(user).put("/settings/risk", json={"max_concentration_pct": "1"})
     login(user)

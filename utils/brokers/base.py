@@ -134,6 +134,11 @@ class Broker(abc.ABC):
     def replace_order(self, broker_order_id: str, request: OrderRequest) -> BrokerOrder:
         """Replace an open order; returns the new order (the old one becomes `replaced`)."""
 
+    def check_tradable_now(self, symbol: str) -> None:
+        """Raise the refusal this broker would give any order in `symbol` right now for want of a price
+        (BrokerRejected / InvalidSymbol), so the order is refused when it is placed instead of rejected by
+        the worker. Most brokers judge that at their end: nothing to check here."""
+
     @abc.abstractmethod
     def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:
         """Quotes for many symbols in as few calls as the broker allows; unknown symbols are absent."""
