@@ -303,9 +303,9 @@ def check_tradable_now(connection: BrokerConnection, symbol: str) -> None:
     """Refuse now, as a 422 on the symbol, an order its broker is sure to reject for want of a price: the
     paper broker fills only against a current quote (code `stale_quote`, with the quote's time, or
     `invalid_symbol` when it has none). Accepted instead, it would only end `rejected` in the worker."""
-    from utils.brokers import get_broker
+    from utils.brokers import adapter_class
     try:
-        get_broker(connection).check_tradable_now(symbol)
+        adapter_class(connection).check_tradable_now(symbol)
     except BrokerRejected as refusal:
         raise ValidationFailed(refusal.message, code=refusal.code,
                                details={**refusal.details, "field": "symbol"}) from None

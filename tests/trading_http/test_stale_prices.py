@@ -3,10 +3,13 @@ a 422 on the symbol when the order is placed, replaced or a trade closed by hand
 A price that goes stale after the order was accepted is still caught by the paper broker in the worker."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from sqlalchemy import func, select
 
 from tests.market.conftest import age_the_price
+from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  # noqa: F401
 from tests.trading_http.conftest import market_buy, wait_for, wait_for_order
 
 
@@ -75,3 +78,20 @@ def test_a_manual_close_on_a_stale_price_is_refused_and_the_trade_stays_open(app
     orders = api.get("/orders").get_json()["items"]
     assert [(order["purpose"], order["status"]) for order in orders] == [("stop_loss", "submitted"),
                                                                         ("entry", "filled")]
+
+
+def test_an_order_at_schwab_is_left_to_schwab_whatever_the_age_of_our_price(app, db, user, set_price, schwab_order,
+                                                                          schwab_port):
+    """Only the paper broker's refusal is certain: Schwab's own quotes are old after hours while it still
+    takes orders, so an order there is accepted (and sent) however old the price we hold."""
+    from tests.fakes import schwab as fake_schwab
+    from utils import orders
+    set_price("AAPL", "100")
+    age_the_price(app, db, "AAPL")
+    server = fake_schwab.linked_server(schwab_port).start()
+    try:
+        order, created = orders.place_order(user, {**market_buy(type="limit", limit_price="99"),
+                                                   "broker_connection_id": schwab_order.broker_connection_id})
+    finally:
+        server.stop()
+    assert created and (order.status, order.symbol, order.limit_price) == ("pending", "AAPL", Decimal("99"))

@@ -134,10 +134,12 @@ class Broker(abc.ABC):
     def replace_order(self, broker_order_id: str, request: OrderRequest) -> BrokerOrder:
         """Replace an open order; returns the new order (the old one becomes `replaced`)."""
 
-    def check_tradable_now(self, symbol: str) -> None:
+    @classmethod
+    def check_tradable_now(cls, symbol: str) -> None:
         """Raise the refusal this broker would give any order in `symbol` right now for want of a price
         (BrokerRejected / InvalidSymbol), so the order is refused when it is placed instead of rejected by
-        the worker. Most brokers judge that at their end: nothing to check here."""
+        the worker. A class method: it needs no link (nor its tokens). Most brokers judge that at their end:
+        nothing to check here."""
 
     @abc.abstractmethod
     def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:

@@ -300,7 +300,8 @@ class PaperBroker(Broker):
 
     # market data and account --------------------------------------------------------------------
 
-    def check_tradable_now(self, symbol: str) -> None:
+    @classmethod
+    def check_tradable_now(cls, symbol: str) -> None:
         """The paper broker fills only against a current quote (`current_quote`): without one, any order in
         `symbol` would be refused by place_order, so it is refused before it is stored."""
         symbol = market_data.canonical_symbol(symbol)
