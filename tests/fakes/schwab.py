@@ -241,3 +241,18 @@ def linked_server(port: int):
     provider.tokens.append(FakeToken(CLIENT_ID, LINKED_ACCESS_TOKEN, LINKED_REFRESH_TOKEN, "", provider.now(), 3600,
                                      provider.now()))
     return ThreadedServer(fake_app, port=port)
+
+
+def add_oco_order(state, account_hash: str, order_id: int) -> None:
+    """An OCO pair the account holder placed at Schwab themselves, as Schwab lists it: the parent carries
+    no orderLegCollection of its own, only two childOrderStrategies (a take-profit limit and a stop)."""
+    def child(order_type: str, price_field: str, price: float, child_id: int) -> dict:
+        return {"orderId": child_id, "orderStrategyType": "SINGLE", "orderType": order_type, "session": "NORMAL",
+                "duration": "GOOD_TILL_CANCEL", "status": "WORKING", "quantity": 5.0, price_field: price,
+                "enteredTime": _now(), "orderLegCollection": [{"legId": 1, "instruction": "SELL", "quantity": 5.0,
+                                                               "instrument": {"symbol": "MSFT", "assetType": "EQUITY"}}]}
+    with state.lock:
+        state.orders[order_id] = {"_hash": account_hash, "orderId": order_id, "orderStrategyType": "OCO",
+                                  "status": "WORKING", "enteredTime": _now(), "cancelable": True, "editable": False,
+                                  "childOrderStrategies": [child("LIMIT", "price", 450.0, order_id + 1),
+                                                           child("STOP", "stopPrice", 380.0, order_id + 2)]}

@@ -194,11 +194,16 @@ def _our_symbol(instrument: dict) -> str:
 
 
 def _same_order(order: dict, body: dict) -> bool:
-    """Whether Schwab's `order` is the order `body` asks for: type, instruction, symbol, quantity and prices."""
-    leg, wanted = order["orderLegCollection"][0], body["orderLegCollection"][0]
+    """Whether Schwab's `order` is the order `body` asks for: type, instruction, symbol, quantity and prices.
+    The account's list also holds orders placed at Schwab itself; one that is not a single-leg order (an
+    OCO or trigger parent carries no legs of its own, only childOrderStrategies) is never ours."""
+    legs, wanted = order.get("orderLegCollection") or [], body["orderLegCollection"][0]
+    if len(legs) != 1:
+        return False
+    leg = legs[0]
     return (order.get("orderType") == body["orderType"] and leg.get("instruction") == wanted["instruction"]
-            and leg["instrument"]["symbol"] == wanted["instrument"]["symbol"]
-            and Decimal(str(order["quantity"])) == Decimal(str(wanted["quantity"]))
+            and (leg.get("instrument") or {}).get("symbol") == wanted["instrument"]["symbol"]
+            and _price(order.get("quantity")) == Decimal(str(wanted["quantity"]))
             and _price(order.get("price")) == _price(body.get("price"))
             and _price(order.get("stopPrice")) == _price(body.get("stopPrice")))
 
