@@ -69,14 +69,18 @@ ORDER_SEND_MAX_RETRIES = 5
 @shared_task(name=jobs.ORDERS_EXECUTE, bind=True, acks_late=True, max_retries=None)
 def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     """Claim the order (committed first, so a crash leaves `submitting` for the recovery sweep), send it,
-    record the answer. BrokerUnavailable retries with exponential backoff, then `failed`.
+    record the answer. BrokerUnavailable retries with exponential backoff, then `failed` — unless a send
+    may have reached the broker: the claim marks that before each send, so not even a worker killed
+    mid-send lets the order be called failed beside a copy at the broker.
     At the paper broker, whose orders live in our database, the three commit together instead."""
     if attempt is None and _executed_in_one_transaction(order_id):
         return
     attempt = order_service.claim_submission(order_id, attempt)
-    db.session.commit()
     if attempt is None:
+        db.session.commit()
         return
+    doubt_before_claim = order_service.note_send_may_arrive(order_id)
+    db.session.commit()
     try:
         with order_service.send_turn(order_id):
             answer = order_service.send_claimed(order_id, resend_allowed=attempt <= ORDER_SEND_MAX_RETRIES + 1)
@@ -87,7 +91,7 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
                 db.session.commit()
     except BrokerUnavailable as error:
         db.session.rollback()
-        order_service.note_send_failure(order_id, error)
+        order_service.note_send_failure(order_id, error, doubt_before_claim)
         db.session.commit()
         # Counted on the order (not per Celery message), so a recovery resend cannot restart the count.
         if attempt > ORDER_SEND_MAX_RETRIES:

@@ -609,14 +609,37 @@ def _sending(send) -> BrokerAnswer:
         raise
 
 
-def note_send_failure(order_id: int, error: BrokerUnavailable) -> None:
+def note_send_may_arrive(order_id: int) -> bool | None:
+    """Mark a claimed order at a remote broker `send_outcome_unknown` before its send (flushes; commit it with
+    the claim). From here until the broker's answer is recorded the order may reach the broker, and a
+    worker killed mid-send, or an error after the POST, records nothing more: without the mark a later
+    run of failed lookups could call the order `failed` while the broker holds it. Returns the mark as it
+    was before (None at the paper broker, whose send commits with our records), for note_send_failure."""
+    from utils.brokers import adapter_class
+    order = db.session.get(Order, order_id)
+    if order is None or order.status != S.SUBMITTING:
+        return None
+    try:
+        if adapter_class(_connection_of(order)).in_our_database:
+            return None
+    except BrokerUnavailable:
+        return None  # no adapter installed: nothing can be sent
+    before, order.send_outcome_unknown = order.send_outcome_unknown, True
+    db.session.flush()
+    return before
+
+
+def note_send_failure(order_id: int, error: BrokerUnavailable, doubt_before_claim: bool | None = None) -> None:
     """Remember whether the broker may have the order after a failed send (flushes): yes when the send may
-    have arrived; no when the send was refused and no earlier send is in doubt; unchanged when the failure
-    came before the send (the lookup of an earlier send did not answer)."""
+    have arrived; no when the send was refused and no earlier send is in doubt; when the failure came
+    before this attempt's send (the lookup of an earlier send did not answer, the account was busy), as it
+    was before the claim marked it (`doubt_before_claim`, from note_send_may_arrive; None: unchanged)."""
     if error.may_have_arrived:
         unknown = True
     elif error.settles_earlier_sends:
         unknown = False
+    elif doubt_before_claim is not None:
+        unknown = doubt_before_claim
     else:
         return
     db.session.execute(update(Order).where(Order.id == order_id, Order.status == S.SUBMITTING)

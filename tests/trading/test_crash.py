@@ -159,3 +159,55 @@ def _assert_filled_once(order, quantity: Decimal) -> None:
     assert order.filled_quantity == quantity
     assert db.session.scalar(select(func.count(Fill.id)).where(Fill.order_id == order.id)) == len(order.fills) >= 1
     assert sum(fill.quantity for fill in order.fills) == quantity
+
+
+def test_a_send_cut_off_by_a_crash_is_not_called_failed_while_schwab_answers_no_lookup(app, db, schwab_order,
+                                                                                      schwab_port, worker_env,
+                                                                                      tmp_path):
+    """The killed worker's send reached Schwab, but nothing says so. If Schwab then answers none of the
+    recovery's lookups until its retries run out, the order must stay `submitting` (Schwab may hold it),
+    not be called `failed` beside a live order nobody watches; once Schwab answers, it is adopted."""
+    from utils import jobs
+    server = fake_schwab.linked_server(schwab_port).start()
+    state = server.server.app.config["state"]
+    try:
+        slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
+        try:
+            jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id)
+            db.session.commit()
+            wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
+        finally:
+            slow.kill()
+        assert len(state.orders) == 1  # Schwab has it; we never recorded its answer
+
+        state.failures.push([503] * 500)  # from now on Schwab answers no lookup
+        _as_after_the_send_time_limit(db, schwab_order)
+        kept = _recovered_once_until_settled(db, schwab_order, worker_env, tmp_path)
+        assert (kept.status, kept.send_outcome_unknown) == ("submitting", True)
+
+        state.failures.queue.clear()
+        _as_after_the_send_time_limit(db, schwab_order)
+        order = _recovered_until_filled(db, schwab_order, worker_env, tmp_path)
+    finally:
+        server.stop()
+    _assert_filled_once(order, Decimal("10"))
+    assert len(state.orders) == 1 and order.broker_order_id == str(next(iter(state.orders)))
+
+
+def _recovered_once_until_settled(db, order, worker_env, tmp_path):
+    """One recovery sweep with a fresh worker, waiting until its retries end: the order `failed`, or kept
+    `submitting` with the event saying the broker may have it. The order reloaded."""
+    from models import Order
+    from utils import jobs
+    worker = WorkerProcess(worker_env, tmp_path / "worker-retries.log")
+    try:
+        jobs.send_now(jobs.ORDERS_RECOVER)
+
+        def settled():
+            db.session.expire_all()
+            current = db.session.get(Order, order.id)
+            kept = any("not called failed" in (event.detail or "") for event in current.events)
+            return current if current.status == "failed" or kept else None
+        return wait_for(settled, timeout=60, interval=0.5, message="the recovery's retries to end")
+    finally:
+        worker.stop()
