@@ -94,17 +94,11 @@ def test_a_worker_killed_mid_execution_leaves_one_paper_order_filled_once(app, d
 def test_a_worker_killed_mid_execution_leaves_one_schwab_order_filled_once(app, db, schwab_order, schwab_port,
                                                                            worker_env, tmp_path):
     from models import Order
-    from utils import jobs, orders
+    from utils import orders
     server = fake_schwab.linked_server(schwab_port).start()
     try:
         placed = server.server.app.config["state"].orders
-        slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
-        try:
-            jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id)
-            db.session.commit()
-            wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
-        finally:
-            slow.kill()
+        _killed_after_the_send(db, schwab_order, worker_env, tmp_path)
         db.session.expire_all()
         assert db.session.get(Order, schwab_order.id).status == "submitting"
         assert len(placed) == 1  # Schwab has it; we never recorded its answer
@@ -119,6 +113,18 @@ def test_a_worker_killed_mid_execution_leaves_one_schwab_order_filled_once(app, 
     assert any(event.detail and "send attempt 2" in event.detail for event in order.events)
     assert any(event.detail and "found by client_order_id" in event.detail for event in order.events)
     assert orders.stuck_orders() == ([], [])
+
+
+def _killed_after_the_send(db, order, worker_env, tmp_path) -> None:
+    """Execute `order` in a worker that pauses after the broker accepted it, and SIGKILL that worker there."""
+    from utils import jobs
+    slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
+    try:
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id)
+        db.session.commit()
+        wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
+    finally:
+        slow.kill()
 
 
 def _as_after_the_send_time_limit(db, order) -> None:
@@ -167,17 +173,10 @@ def test_a_send_cut_off_by_a_crash_is_not_called_failed_while_schwab_answers_no_
     """The killed worker's send reached Schwab, but nothing says so. If Schwab then answers none of the
     recovery's lookups until its retries run out, the order must stay `submitting` (Schwab may hold it),
     not be called `failed` beside a live order nobody watches; once Schwab answers, it is adopted."""
-    from utils import jobs
     server = fake_schwab.linked_server(schwab_port).start()
     state = server.server.app.config["state"]
     try:
-        slow = WorkerProcess({**worker_env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": "120"}, tmp_path / "worker1.log")
-        try:
-            jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, schwab_order.id)
-            db.session.commit()
-            wait_for(lambda: "fault injection" in slow.output(), timeout=60, message="the worker to reach the pause")
-        finally:
-            slow.kill()
+        _killed_after_the_send(db, schwab_order, worker_env, tmp_path)
         assert len(state.orders) == 1  # Schwab has it; we never recorded its answer
 
         state.failures.push([503] * 500)  # from now on Schwab answers no lookup
