@@ -289,9 +289,10 @@ def _commit_new_order(request: OrderInput) -> None:
 
 
 def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Order:
-    check_tradable_now(connection, request.symbol)
+    quote = check_tradable_now(connection, request.symbol)
     if request.is_entry:
-        order = _order_from(user, connection, request, estimated_price=_check_entry(user, connection, request))
+        order = _order_from(user, connection, request,
+                            estimated_price=_check_entry(user, connection, request, quote=quote))
         order.trade_id = trades.create_pending(order, request.direction).id  # the trade first: one INSERT each
     else:
         order = _order_from(user, connection, request, trade_id=trades.exit_trade_for(user, request).id,
@@ -299,13 +300,14 @@ def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Or
     return _added_with_event(order)
 
 
-def check_tradable_now(connection: BrokerConnection, symbol: str) -> None:
+def check_tradable_now(connection: BrokerConnection, symbol: str) -> market_data.Quote | None:
     """Refuse now, as a 422 on the symbol, an order its broker is sure to reject for want of a price: the
     paper broker fills only against a current quote (code `stale_quote`, with the quote's time, or
-    `invalid_symbol` when it has none). Accepted instead, it would only end `rejected` in the worker."""
+    `invalid_symbol` when it has none). Accepted instead, it would only end `rejected` in the worker.
+    Returns that current quote (None where the broker judges for itself), so it is not read again."""
     from utils.brokers import adapter_class
     try:
-        adapter_class(connection).check_tradable_now(symbol)
+        return adapter_class(connection).check_tradable_now(symbol)
     except BrokerRejected as refusal:
         raise ValidationFailed(refusal.message, code=refusal.code,
                                details={**refusal.details, "field": "symbol"}) from None
@@ -344,11 +346,12 @@ def new_client_order_id() -> str:
     return f"tw-{uuid.uuid4().hex}"
 
 
-def _check_entry(user, connection: BrokerConnection, request: OrderInput, exclude_order_id=None) -> Decimal:
-    """Run the risk checks for an entry; returns the unit price they assumed."""
+def _check_entry(user, connection: BrokerConnection, request: OrderInput, exclude_order_id=None,
+                 quote: market_data.Quote | None = None) -> Decimal:
+    """Run the risk checks for an entry; returns the unit price they assumed (from `quote` when given)."""
     from utils.brokers import get_broker
     broker = get_broker(connection)
-    entry_price = _entry_price(broker, request)
+    entry_price = _entry_price(broker, request, quote)
     _check_protective_prices(request, entry_price)
     proposal = risk.Proposal(symbol=request.symbol, direction=request.direction, quantity=request.quantity,
                              entry_price=entry_price, stop_loss_price=request.stop_loss_price,
@@ -357,12 +360,12 @@ def _check_entry(user, connection: BrokerConnection, request: OrderInput, exclud
     return entry_price
 
 
-def _entry_price(broker, request: OrderInput) -> Decimal:
+def _entry_price(broker, request: OrderInput, quote: market_data.Quote | None) -> Decimal:
     if request.limit_price is not None:
         return request.limit_price
     if request.stop_price is not None:
         return request.stop_price
-    quote = broker.get_quotes([request.symbol]).get(request.symbol)
+    quote = quote or broker.get_quotes([request.symbol]).get(request.symbol)
     if quote is None:
         raise _invalid("symbol", f"There is no price for {request.symbol}.")
     return quote.ask if request.side == OrderSide.BUY else quote.bid
@@ -482,13 +485,8 @@ def execute_in_our_database(order_id: int) -> bool:
     database (the paper broker), all in the caller's transaction, to commit as one (flushes). A crash
     anywhere undoes all three and leaves the order `pending`, with nothing at the broker, for the recovery
     sweep to queue again. Returns False, having done nothing, for an order at any other broker."""
-    from utils.brokers import adapter_class
     order = db.session.get(Order, order_id)  # held here, so the calls below find it in the session
-    connection = _connection_of(order)
-    try:
-        if connection is None or not adapter_class(connection).in_our_database:
-            return False
-    except BrokerUnavailable:  # no adapter installed: the remote path reports it and retries
+    if not _kept_in_our_database(order):
         return False
     if claim_submission(order_id) is not None:  # None: not pending any more
         answer = send_claimed(order_id)
@@ -516,6 +514,17 @@ def count_execution_error(order_id: int, error: Exception, give_up_after: int) -
 
 def _connection_of(order: Order | None) -> BrokerConnection | None:
     return db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
+
+
+def _kept_in_our_database(order: Order | None) -> bool:
+    """Whether the order's broker keeps its orders in our own database (the paper broker). False without a
+    connection or an installed adapter: the remote path reports that and retries."""
+    from utils.brokers import adapter_class
+    connection = _connection_of(order)
+    try:
+        return connection is not None and adapter_class(connection).in_our_database
+    except BrokerUnavailable:
+        return False
 
 
 def send_claimed(order_id: int, resend_allowed: bool = True) -> BrokerAnswer | None:
@@ -615,15 +624,9 @@ def note_send_may_arrive(order_id: int) -> bool | None:
     worker killed mid-send, or an error after the POST, records nothing more: without the mark a later
     run of failed lookups could call the order `failed` while the broker holds it. Returns the mark as it
     was before (None at the paper broker, whose send commits with our records), for note_send_failure."""
-    from utils.brokers import adapter_class
     order = db.session.get(Order, order_id)
-    if order is None or order.status != S.SUBMITTING:
+    if order is None or order.status != S.SUBMITTING or _kept_in_our_database(order):
         return None
-    try:
-        if adapter_class(_connection_of(order)).in_our_database:
-            return None
-    except BrokerUnavailable:
-        return None  # no adapter installed: nothing can be sent
     before, order.send_outcome_unknown = order.send_outcome_unknown, True
     db.session.flush()
     return before
@@ -961,10 +964,10 @@ def _merged_request(old: Order, unsafe: dict) -> dict:
 
 def _create_replacement(user, old: Order, request: OrderInput) -> Order:
     connection = db.session.get(BrokerConnection, old.broker_connection_id)
-    check_tradable_now(connection, request.symbol)
+    quote = check_tradable_now(connection, request.symbol)
     estimated_price = old.estimated_price
     if request.is_entry:
-        estimated_price = _check_entry(user, connection, request, exclude_order_id=old.id)
+        estimated_price = _check_entry(user, connection, request, exclude_order_id=old.id, quote=quote)
     else:
         trades.check_exit_quantity(db.session.get(trades.Trade, old.trade_id), request.quantity,
                                    exclude_order_id=old.id)

@@ -135,11 +135,12 @@ class Broker(abc.ABC):
         """Replace an open order; returns the new order (the old one becomes `replaced`)."""
 
     @classmethod
-    def check_tradable_now(cls, symbol: str) -> None:
+    def check_tradable_now(cls, symbol: str) -> Quote | None:
         """Raise the refusal this broker would give any order in `symbol` right now for want of a price
         (BrokerRejected / InvalidSymbol), so the order is refused when it is placed instead of rejected by
-        the worker. A class method: it needs no link (nor its tokens). Most brokers judge that at their end:
-        nothing to check here."""
+        the worker; else return the quote it would fill against. A class method: it needs no link (nor its
+        tokens). Most brokers judge that at their end: nothing to check here, and None."""
+        return None
 
     @abc.abstractmethod
     def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:

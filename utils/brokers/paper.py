@@ -301,11 +301,11 @@ class PaperBroker(Broker):
     # market data and account --------------------------------------------------------------------
 
     @classmethod
-    def check_tradable_now(cls, symbol: str) -> None:
+    def check_tradable_now(cls, symbol: str) -> Quote:
         """The paper broker fills only against a current quote (`current_quote`): without one, any order in
         `symbol` would be refused by place_order, so it is refused before it is stored."""
         symbol = market_data.canonical_symbol(symbol)
-        current_quote(symbol, market_data.get_quotes([symbol]).get(symbol))
+        return current_quote(symbol, market_data.get_quotes([symbol]).get(symbol))
 
     def get_quotes(self, symbols: list[str]) -> dict[str, Quote]:
         """Quotes from utils.market_data (cached, one batched read)."""
