@@ -71,7 +71,8 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     """Claim the order (committed first, so a crash leaves `submitting` for the recovery sweep), send it,
     record the answer. BrokerUnavailable retries with exponential backoff, then `failed` — unless a send
     may have reached the broker: the claim marks that before each send, so not even a worker killed
-    mid-send lets the order be called failed beside a copy at the broker.
+    mid-send lets the order be called failed beside a copy at the broker. Any other error is noted on the
+    order, which stays `submitting` (in doubt) for the recovery sweep.
     At the paper broker, whose orders live in our database, the three commit together instead."""
     if attempt is None and _executed_in_one_transaction(order_id):
         return
@@ -99,6 +100,11 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
             db.session.commit()
             return
         raise self.retry(args=[order_id, attempt], countdown=order_service.retry_delay_seconds(attempt)) from None
+    except Exception as error:  # noqa: BLE001 — shown on the order (kept in doubt), then re-raised for the log
+        db.session.rollback()
+        order_service.note_send_error(order_id, attempt, error)
+        db.session.commit()
+        raise
 
 
 def _executed_in_one_transaction(order_id: int) -> bool:

@@ -70,6 +70,12 @@ def pnl_class(value) -> str:
     return "pos" if amount > 0 else "neg" if amount < 0 else ""
 
 
+@bp.app_template_filter("waiting_notice")
+def waiting_notice(order) -> str | None:
+    """What the user should know about an order that is not at its broker after its first try."""
+    return orders.waiting_notice(order)
+
+
 @bp.app_template_filter("quantity")
 def quantity_text(value) -> str:
     """A quantity without trailing zeros: 10, 0.25."""
@@ -199,7 +205,7 @@ def status_to_dict(order) -> dict:
     average = order.average_fill_price
     return {"id": order.id, "status": order.status.value, "filled_quantity": format(order.filled_quantity, "f"),
             "average_fill_price": None if average is None else format(average, "f"),
-            "open": order.status in OPEN_STATUSES}
+            "open": order.status in OPEN_STATUSES, "notice": orders.waiting_notice(order)}
 
 
 @bp.post(f"/<{ID_RULE}:order_id>/cancel")

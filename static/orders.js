@@ -18,6 +18,13 @@
     if (node && text !== null && text !== undefined) { node.textContent = text; }
   }
 
+  function showNotice(root, notice) {  // why an order is not at its broker yet, or nothing
+    var node = root.querySelector(".js-notice");
+    if (!node) { return; }
+    if (node.hasAttribute("title")) { node.setAttribute("title", notice || ""); } else { node.textContent = notice || ""; }
+    node.hidden = !notice;
+  }
+
   function apply(root, data) {
     var badge = root.querySelector(".js-status");
     var changed = badge && badge.textContent.trim() !== data.status.replace(/_/g, " ");
@@ -27,6 +34,7 @@
     }
     setText(root, ".js-filled", data.filled_quantity);
     if (data.average_fill_price) { setText(root, ".js-average", data.average_fill_price); }
+    showNotice(root, data.notice);
     root.setAttribute("data-open", data.open ? "true" : "false");
     if (changed && root.getAttribute("data-reload-on-change") === "true") {
       window.location.reload();  // the detail page also lists events and fills: show them

@@ -742,12 +742,25 @@ def fail_submission(order_id: int, reason: str) -> None:
     if order is None or order.status != S.SUBMITTING:
         return
     if order.send_outcome_unknown:
-        db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
-                                  detail=f"{reason[:160]}; the broker may have the order, so it is not called "
-                                         "failed: the recovery sweep asks it again"))
-        db.session.flush()
+        _note_kept_submitting(order, f"{reason[:160]}; the broker may have the order, so it is not called failed")
         return
     _fail(order, reason)
+
+
+def note_send_error(order_id: int, attempt: int, error: Exception) -> None:
+    """Record on a `submitting` order that send attempt `attempt` stopped at an unexpected error, one that is
+    no broker's answer (flushes). Where it stopped is unknown, so the order keeps the in-doubt mark of its
+    claim and stays `submitting` for the recovery sweep; the event shows the user why it waits."""
+    order = db.session.get(Order, order_id)
+    if order is not None and order.status == S.SUBMITTING:
+        _note_kept_submitting(order, f"send attempt {attempt} stopped by an unexpected error "
+                                     f"({type(error).__name__}), not an answer from the broker")
+
+
+def _note_kept_submitting(order: Order, reason: str) -> None:
+    db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
+                              detail=f"{reason}: the recovery sweep asks it again"))
+    db.session.flush()
 
 
 def _fail(order: Order, reason: str, **values) -> None:
@@ -1086,6 +1099,31 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def waiting_notice(order: Order) -> str | None:
+    """What to tell the user about an order that is not at its broker after its first try, else None.
+
+    An order still `submitting` after a retry may already be at the broker while nothing confirms it: the
+    user should look there before placing it again, not take it for lost."""
+    attempts = order.submit_attempts
+    if order.status == S.PENDING and attempts:
+        return (f"Tradewarden's execution of this order stopped at an internal error ({attempts} so far); "
+                "nothing reached the broker, and it is tried again.")
+    if order.status != S.SUBMITTING or attempts < 2:
+        return None
+    broker = broker_name(order)
+    if order.send_outcome_unknown:
+        return (f"{broker} has not confirmed this order after {attempts} send attempts. It may already be at "
+                f"{broker}, so Tradewarden keeps asking instead of sending it again: check your {broker} "
+                "account before you place it again.")
+    return f"Not at {broker} yet after {attempts} send attempts; Tradewarden keeps trying."
+
+
+def broker_name(order: Order) -> str:
+    from utils.brokers.oauth import DISPLAY_NAMES
+    broker = _connection_of(order).broker.value
+    return DISPLAY_NAMES.get(broker, "the paper broker")
+
+
 def order_to_dict(order: Order) -> dict:
     """An order in the DESIGN §7 shape, with its events and fills."""
     return {
@@ -1102,6 +1140,7 @@ def order_to_dict(order: Order) -> dict:
         "take_profit_price": decimal_text(order.take_profit_price),
         "trailing_stop_percent": decimal_text(order.trailing_stop_percent),
         "created_at": iso(order.created_at), "updated_at": iso(order.updated_at),
+        "notice": waiting_notice(order),
         "events": [{"from_status": event.from_status, "to_status": event.to_status, "detail": event.detail,
                     "created_at": iso(event.created_at)} for event in order.events],
         "fills": [{"id": fill.id, "quantity": decimal_text(fill.quantity), "price": decimal_text(fill.price),

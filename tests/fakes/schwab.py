@@ -256,3 +256,14 @@ def add_oco_order(state, account_hash: str, order_id: int) -> None:
                                   "status": "WORKING", "enteredTime": _now(), "cancelable": True, "editable": False,
                                   "childOrderStrategies": [child("LIMIT", "price", 450.0, order_id + 1),
                                                            child("STOP", "stopPrice", 380.0, order_id + 2)]}
+
+
+def add_unreadable_order(state, account_hash: str, order_id: int) -> None:
+    """A listed order whose quantity is not a number, and otherwise like a market buy of AAPL: an answer
+    Tradewarden cannot read, so it cannot tell whether this is its own lost order."""
+    with state.lock:
+        state.orders[order_id] = {"_hash": account_hash, "orderId": order_id, "orderStrategyType": "SINGLE",
+                                  "orderType": "MARKET", "status": "WORKING", "enteredTime": _now(),
+                                  "quantity": "ten", "orderLegCollection": [
+                                      {"legId": 1, "instruction": "BUY", "quantity": "ten",
+                                       "instrument": {"symbol": "AAPL", "assetType": "EQUITY"}}]}

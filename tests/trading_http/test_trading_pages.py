@@ -116,7 +116,7 @@ def test_orders_list_status_poll_and_cancel(client, login, user, set_price, new_
     assert f'data-status-url="/orders/{order_id}/status.json"' in listing and 'data-open="true"' in listing
     status = client.get(f"/orders/{order_id}/status.json")
     assert status.get_json() == {"id": order_id, "status": "pending", "filled_quantity": "0",
-                                 "average_fill_price": None, "open": True}
+                                 "average_fill_price": None, "open": True, "notice": None}
 
     detail = client.get(order_url).get_data(as_text=True)
     response = client.post(f"/orders/{order_id}/cancel", data={"csrf_token": csrf_token_from(detail)})
