@@ -194,6 +194,8 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         # orders (issue 4): when a pending/submitting order counts as stuck for the recovery sweep, and a
         # test-only fault injection that pauses between the broker call and the commit (0 = off).
         "ORDERS_STUCK_AFTER_SECONDS": _int(env, "ORDERS_STUCK_AFTER_SECONDS", 30, minimum=1),
+        # orders: an entry still unsent this long after it was placed is failed, not sent late (0 = no limit).
+        "ORDERS_SEND_DEADLINE_SECONDS": _int(env, "ORDERS_SEND_DEADLINE_SECONDS", 300, minimum=0),
         "ORDERS_EXECUTE_FAULT_DELAY_SECONDS": _int(env, "ORDERS_EXECUTE_FAULT_DELAY_SECONDS", 0, minimum=0,
                                                    maximum=600),
         # orders: base of the BrokerUnavailable backoff (attempt n waits base * 2**(n-1) seconds).

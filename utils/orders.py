@@ -439,7 +439,8 @@ def _written(row, values: dict) -> None:
 
 def claim_submission(order_id: int, attempt: int | None = None) -> int | None:
     """Claim an order for sending: `pending → submitting`, or (a retry) bump the attempt counter of a
-    `submitting` order from `attempt`. Returns the new attempt number, or None when someone else has it."""
+    `submitting` order from `attempt`. Returns the new attempt number, or None when someone else has it or
+    the order is an entry past its send deadline (it is `failed` instead, see send_deadline)."""
     order = db.session.get(Order, order_id)
     if order is None:
         return None
@@ -447,11 +448,34 @@ def claim_submission(order_id: int, attempt: int | None = None) -> int | None:
         if order.status != S.PENDING:
             return None
         try:
+            if _fail_if_too_late(order):
+                return None
             transition(order, S.SUBMITTING, submit_attempts=order.submit_attempts + 1)
         except InvalidTransition:
             return None
         return order.submit_attempts
     return _claim_retry(order, attempt)
+
+
+def send_deadline(order: Order) -> datetime | None:
+    """When an unsent entry stops being sent: ORDERS_SEND_DEADLINE_SECONDS after it was placed (None: never).
+    Exits have none: closing a position late still does what the user or the stop-loss asked."""
+    seconds = int(current_app.config.get("ORDERS_SEND_DEADLINE_SECONDS", 300))
+    if not seconds or order.purpose != OrderPurpose.ENTRY:
+        return None
+    return order.created_at + timedelta(seconds=seconds)
+
+
+def _fail_if_too_late(order: Order) -> bool:
+    """Fail a `pending` entry past its send deadline instead of claiming it (flushes): the worker was down or
+    far behind, and an entry sent now would reach a market that has moved on since it was placed."""
+    deadline, now = send_deadline(order), utcnow()
+    if deadline is None or now < deadline:
+        return False
+    waited, allowed = (int((moment - order.created_at).total_seconds()) for moment in (now, deadline))
+    _fail(order, f"not sent: it waited {waited} s for the worker, past the {allowed} s send deadline; sent this "
+                 "late it would meet a market that has moved on. Place it again if you still want it.")
+    return True
 
 
 def _claim_retry(order: Order, attempt: int) -> int | None:
@@ -1108,6 +1132,8 @@ def waiting_notice(order: Order) -> str | None:
     if order.status == S.PENDING and attempts:
         return (f"Tradewarden's execution of this order stopped at an internal error ({attempts} so far); "
                 "nothing reached the broker, and it is tried again.")
+    if order.status == S.PENDING:
+        return _unsent_notice(order)
     if order.status != S.SUBMITTING or attempts < 2:
         return None
     broker = broker_name(order)
@@ -1116,6 +1142,18 @@ def waiting_notice(order: Order) -> str | None:
                 f"{broker}, so Tradewarden keeps asking instead of sending it again: check your {broker} "
                 "account before you place it again.")
     return f"Not at {broker} yet after {attempts} send attempts; Tradewarden keeps trying."
+
+
+def _unsent_notice(order: Order) -> str | None:
+    """For an order the worker has not taken up for longer than ORDERS_STUCK_AFTER_SECONDS: what that means."""
+    waiting_since = order.created_at
+    if utcnow() - waiting_since < timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30)):
+        return None
+    deadline = send_deadline(order)
+    ending = (f" If it is still unsent at {deadline:%H:%M:%S} UTC it is not sent at all." if deadline else
+              " It is sent as soon as the worker runs.")
+    return (f"Waiting for Tradewarden's worker since {waiting_since:%H:%M:%S} UTC; nothing has been sent to the "
+            f"broker yet, and you can still cancel it.{ending}")
 
 
 def broker_name(order: Order) -> str:

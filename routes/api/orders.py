@@ -201,9 +201,10 @@ OPENAPI_SCHEMAS = {
             "updated_at": TIME,
             "reject_reason": {"type": ["string", "null"]},
             "notice": {"type": ["string", "null"],
-                       "description": "Why the order is not at its broker yet after its first try (null otherwise). "
-                                      "Still `submitting` after a retry, it may already be at the broker: check "
-                                      "there before placing it again."},
+                       "description": "Why the order is not at its broker yet: still waiting for the worker, "
+                                      "or unconfirmed after a retry (null otherwise). Still `submitting` after "
+                                      "a retry, it may already be at the broker: check there before placing it "
+                                      "again."},
             "trade_id": {"type": ["integer", "null"]},
             "replaces_order_id": {"type": ["integer", "null"]},
             "created_at": TIME,
