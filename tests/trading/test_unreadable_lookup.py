@@ -72,7 +72,7 @@ def test_the_order_page_the_orders_list_and_the_status_poll_show_the_notice(clie
     import html
     login(user)
     listing = client.get("/orders").get_data(as_text=True)
-    assert re.search(r'class="notice-mark js-notice" title="" hidden>not confirmed<', listing)
+    assert re.search(r'class="notice-mark js-notice" title="" hidden>delayed<', listing)
     _set(db, schwab_order, status="submitting", submit_attempts=3, send_outcome_unknown=True)
 
     page = html.unescape(client.get(f"/orders/{schwab_order.id}").get_data(as_text=True))
@@ -81,7 +81,7 @@ def test_the_order_page_the_orders_list_and_the_status_poll_show_the_notice(clie
 
     assert re.search(r'class="notice js-notice" role="status">Charles Schwab has not confirmed this order after 3 '
                      r'send attempts\. It may already be at Charles Schwab', page)
-    assert re.search(r'title="Charles Schwab has not confirmed[^"]+">not confirmed<', listing)
+    assert re.search(r'title="Charles Schwab has not confirmed[^"]+">delayed<', listing)
     assert poll["status"] == "submitting" and poll["notice"].startswith("Charles Schwab has not confirmed")
 
 
