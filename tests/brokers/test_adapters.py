@@ -76,6 +76,14 @@ def test_schwab_retries_429_and_5xx_for_reads_then_succeeds(schwab, fakes):
     assert schwab.get_account().buying_power == Decimal("50000")
 
 
+def test_schwab_positions_carry_our_symbols_and_asset_types(schwab):
+    positions = {position.symbol: position for position in schwab.get_positions()}
+    assert set(positions) == {"AAPL", "AAPL240517P00190000"}  # the option's padded OCC symbol, unpadded
+    assert (positions["AAPL"].asset_type, positions["AAPL"].quantity) == ("equity", Decimal("10"))
+    option = positions["AAPL240517P00190000"]
+    assert (option.asset_type, option.quantity, option.average_price) == ("option", Decimal("2"), Decimal("3.15"))
+
+
 def test_schwab_gives_up_after_bounded_retries(schwab, fakes):
     fakes["schwab"].control(fail_next=[503, 503, 503, 503])
     with pytest.raises(BrokerUnavailable):

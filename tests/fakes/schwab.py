@@ -88,7 +88,10 @@ def create_app(redirect_uris: list[str]) -> Flask:
         return jsonify({"securitiesAccount": {
             "type": "MARGIN", "accountNumber": number, "roundTrips": 0, "isDayTrader": False,
             "positions": [{"shortQuantity": 0, "longQuantity": 10, "averagePrice": 150.1, "marketValue": 1900.0,
-                           "instrument": {"assetType": "EQUITY", "symbol": "AAPL", "cusip": "037833100"}}],
+                           "instrument": {"assetType": "EQUITY", "symbol": "AAPL", "cusip": "037833100"}},
+                          {"shortQuantity": 0, "longQuantity": 2, "averagePrice": 3.15, "marketValue": 700.0,
+                           "instrument": {"assetType": "OPTION", "symbol": "AAPL  240517P00190000",
+                                          "putCall": "PUT", "underlyingSymbol": "AAPL"}}],
             "currentBalances": {"buyingPower": 50000, "availableFunds": 25000, "equity": 100000,
                                 "cashBalance": 25000}}})
 

@@ -176,7 +176,7 @@ class SchwabBroker(Broker):
         for item in self._account_body().get("positions", []):
             quantity = Decimal(str(item.get("longQuantity", 0))) - Decimal(str(item.get("shortQuantity", 0)))
             instrument = item["instrument"]
-            positions.append(Position(symbol=instrument["symbol"],
+            positions.append(Position(symbol=_our_symbol(instrument),
                                       asset_type="option" if instrument.get("assetType") == "OPTION" else "equity",
                                       quantity=quantity, average_price=Decimal(str(item.get("averagePrice", 0)))))
         return positions
