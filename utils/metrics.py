@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import g, request
+from flask import g, has_app_context, request
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
@@ -76,9 +76,32 @@ class _SweepCollector:
         yield age
 
 
+class _DelayedOrdersCollector:
+    """Orders not at their broker yet beyond the normal time, counted in the database at scrape time."""
+
+    def collect(self):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from utils import orders
+        from utils.extensions import db
+        if not has_app_context():
+            return
+        try:
+            counts = orders.delayed_counts()
+        except SQLAlchemyError:  # the database is down: /health/ready says so; the other metrics still show
+            db.session.rollback()
+            return
+        family = GaugeMetricFamily("orders_delayed", "Orders delayed on their way to the broker, by reason: "
+                                   "waiting_for_worker, unconfirmed_by_broker.", labels=["reason"])
+        for reason, count in counts.items():
+            family.add_metric([reason], count)
+        yield family
+
+
 def _sweep_metrics() -> bytes:
     registry = CollectorRegistry()
     registry.register(_SweepCollector())
+    registry.register(_DelayedOrdersCollector())
     from utils.stoploss import SweepCollector  # stop-loss engineer (issue 5): the stoploss_* metrics
     registry.register(SweepCollector())
     return generate_latest(registry)

@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -1066,6 +1066,16 @@ def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int
         .where(Order.status == S.SUBMITTING, Order.updated_at < cutoff,
                (BrokerConnection.broker == Broker.PAPER) | (Order.updated_at < remote_cutoff)))]
     return pending, submitting
+
+
+def delayed_counts(now: datetime | None = None) -> dict[str, int]:
+    """How many orders are delayed, by why (for the `orders_delayed` metric): `waiting_for_worker`, pending
+    longer than ORDERS_STUCK_AFTER_SECONDS; `unconfirmed_by_broker`, still submitting after a retry. The
+    same orders carry a notice (waiting_notice); two counts over the status index."""
+    cutoff = (now or utcnow()) - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    waiting = select(func.count(Order.id)).where(Order.status == S.PENDING, Order.created_at < cutoff)
+    unconfirmed = select(func.count(Order.id)).where(Order.status == S.SUBMITTING, Order.submit_attempts >= 2)
+    return {"waiting_for_worker": db.session.scalar(waiting), "unconfirmed_by_broker": db.session.scalar(unconfirmed)}
 
 
 def stuck_cancels(now: datetime | None = None) -> list[int]:

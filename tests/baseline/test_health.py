@@ -61,6 +61,15 @@ def test_unreachable_database_makes_ready_503_naming_the_database(redis_server, 
     assert_no_secrets(response.get_data(as_text=True), broken)
 
 
+def test_metrics_still_answer_without_the_database_leaving_out_the_delayed_orders(redis_server, tmp_path):
+    broken = create_app(base_config(redis_server.url, f"sqlite:///{tmp_path}/missing-dir/none.db"))
+    response = broken.test_client().get("/health/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "http_requests_total" in text and "stoploss_last_sweep_age_seconds" in text
+    assert "orders_delayed{" not in text
+
+
 def test_ready_reports_the_last_stoploss_sweep_with_its_age(client, app):
     finished = datetime.now(timezone.utc) - timedelta(seconds=90)
     cache = redis_lib.Redis.from_url(app.config["CACHE_REDIS_URL"])

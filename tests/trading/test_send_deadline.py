@@ -86,3 +86,18 @@ def _placed_minutes_ago(db, minutes: int, *placed) -> None:
 def _reloaded(db, order):
     db.session.expire_all()
     return db.session.get(type(order), order.id)
+
+
+def test_the_metrics_count_orders_waiting_for_the_worker_and_orders_unconfirmed(app, db, client, user, set_price):
+    from models import Order
+    from utils import orders
+    set_price("AAPL", "100")
+    waiting, fresh, unconfirmed = (orders.place_order(user, {**MARKET_BUY, "quantity": "1"})[0] for _ in range(3))
+    _placed_minutes_ago(db, 2, waiting)
+    db.session.execute(update(Order).where(Order.id == unconfirmed.id).values(status="submitting", submit_attempts=2))
+    db.session.commit()
+
+    metrics = client.get("/health/metrics").get_data(as_text=True)
+
+    assert 'orders_delayed{reason="waiting_for_worker"} 1.0' in metrics  # not the one placed a moment ago
+    assert 'orders_delayed{reason="unconfirmed_by_broker"} 1.0' in metrics
