@@ -466,10 +466,15 @@ def send_deadline(order: Order) -> datetime | None:
     return order.created_at + timedelta(seconds=seconds)
 
 
+def _past_send_deadline(order: Order) -> bool:
+    deadline = send_deadline(order)
+    return deadline is not None and utcnow() >= deadline
+
+
 def _fail_if_too_late(order: Order) -> bool:
     """Fail a `pending` entry past its send deadline instead of claiming it (flushes): the worker was down or
     far behind, and an entry sent now would reach a market that has moved on since it was placed."""
-    deadline, now = send_deadline(order), utcnow()
+    now, deadline = utcnow(), send_deadline(order)
     if deadline is None or now < deadline:
         return False
     waited, allowed = (int((moment - order.created_at).total_seconds()) for moment in (now, deadline))
@@ -618,7 +623,10 @@ def _send(order: Order, broker, resend_allowed: bool = True) -> BrokerAnswer | N
             log.info("order %s: adopting the copy the broker already has (%s)", order.id, found.broker_order_id)
             return BrokerAnswer(found, adopted=True)
         if not resend_allowed:
-            _give_up_unsent(order)
+            _give_up_unsent(order, "after its send attempts ran out")
+            return None
+        if _past_send_deadline(order):
+            _give_up_unsent(order, "and its send deadline has passed")
             return None
     replaced = db.session.get(Order, order.replaces_order_id) if order.replaces_order_id else None
     if replaced is not None and replaced.status == S.SUBMITTING:  # placing now could leave both live
@@ -751,9 +759,10 @@ def _reject(order: Order, reason: str) -> None:
     trades.entry_finished(order)
 
 
-def _give_up_unsent(order: Order) -> None:
-    """The broker answered that it has no copy of an order whose sends ran out: `failed`, not sent again."""
-    _fail(order, "the broker answered that it never got the order, after its send attempts ran out; not sent again")
+def _give_up_unsent(order: Order, why: str) -> None:
+    """The broker answered that it has no copy of an order that may not be sent again (its sends ran out, or
+    an entry's send deadline passed): `failed`, not sent again."""
+    _fail(order, f"the broker answered that it never got the order, {why}; not sent again")
 
 
 def fail_submission(order_id: int, reason: str) -> None:

@@ -16,6 +16,8 @@ from decimal import Decimal
 from sqlalchemy import update
 
 from tests.conftest import wait_for
+from tests.fakes import schwab as fake_schwab
+from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  # noqa: F401  (fixtures)
 from tests.trading.test_crash import WorkerProcess, worker_env  # noqa: F401  (worker_env is a fixture)
 
 MARKET_BUY = {"symbol": "AAPL", "side": "buy", "type": "market", "time_in_force": "day"}
@@ -101,3 +103,28 @@ def test_the_metrics_count_orders_waiting_for_the_worker_and_orders_unconfirmed(
 
     assert 'orders_delayed{reason="waiting_for_worker"} 1.0' in metrics  # not the one placed a moment ago
     assert 'orders_delayed{reason="unconfirmed_by_broker"} 1.0' in metrics
+
+
+def test_a_crashed_send_of_an_entry_is_not_made_again_past_its_deadline(db, celery_worker, schwab_order, schwab_port):
+    """A worker killed after its claim and before its POST leaves the order `submitting` and Schwab without it.
+    Recovery asks Schwab first; by then (at least the 5.5-minute send time limit later) the entry is past its
+    send deadline, so Schwab's answer that it has no copy ends the order `failed` instead of a late send."""
+    from utils import jobs
+    from utils.dbtypes import utcnow
+    server = fake_schwab.linked_server(schwab_port).start()
+    state = server.server.app.config["state"]
+    try:
+        _placed_minutes_ago(db, 6, schwab_order)
+        db.session.execute(update(type(schwab_order)).where(type(schwab_order).id == schwab_order.id).values(
+            status="submitting", submit_attempts=1, send_outcome_unknown=True, updated_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+        jobs.send_now(jobs.ORDERS_RECOVER)
+        order = wait_for(lambda: (o := _reloaded(db, schwab_order)).status == "failed" and o, timeout=30,
+                         message="the late resend to be given up")
+    finally:
+        server.stop()
+
+    assert state.orders == {}  # asked, never sent
+    assert order.reject_reason == ("the broker answered that it never got the order, and its send deadline has "
+                                   "passed; not sent again")
+    assert "GET /trader/v1/accounts/<account_hash>/orders" in state.api_calls
