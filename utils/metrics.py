@@ -92,7 +92,8 @@ class _DelayedOrdersCollector:
             db.session.rollback()
             return
         family = GaugeMetricFamily("orders_delayed", "Orders delayed on their way to the broker, by reason: "
-                                   "waiting_for_worker, unconfirmed_by_broker.", labels=["reason"])
+                                   "waiting_for_worker, unconfirmed_by_broker, cancel_unconfirmed.",
+                                   labels=["reason"])
         for reason, count in counts.items():
             family.add_metric([reason], count)
         yield family

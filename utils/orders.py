@@ -1060,6 +1060,11 @@ def sync_order(order_id: int) -> None:
     apply_broker_order(order, broker_order)
 
 
+def stuck_after() -> timedelta:
+    """ORDERS_STUCK_AFTER_SECONDS: how long an order may wait in one state before it counts as delayed."""
+    return timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+
+
 def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int, int]]]:
     """Orders stuck in `pending` (ids) and in `submitting` (id, attempt) longer than ORDERS_STUCK_AFTER_SECONDS.
 
@@ -1067,7 +1072,7 @@ def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int
     (the task time limit has passed): a resend beside a slow first send could reach the broker before the
     first one shows there, and only the paper broker (same database, idempotent) is safe from that."""
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    cutoff = now - stuck_after()
     remote_cutoff = min(cutoff, now - timedelta(seconds=jobs.TASK_TIME_LIMIT_SECONDS + 30))
     pending = list(db.session.scalars(select(Order.id).where(Order.status == S.PENDING, Order.updated_at < cutoff)))
     submitting = [tuple(row) for row in db.session.execute(
@@ -1079,18 +1084,21 @@ def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int
 
 def delayed_counts(now: datetime | None = None) -> dict[str, int]:
     """How many orders are delayed, by why (for the `orders_delayed` metric): `waiting_for_worker`, pending
-    longer than ORDERS_STUCK_AFTER_SECONDS; `unconfirmed_by_broker`, still submitting after a retry. The
-    same orders carry a notice (waiting_notice); two counts over the status index."""
-    cutoff = (now or utcnow()) - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
-    waiting = select(func.count(Order.id)).where(Order.status == S.PENDING, Order.created_at < cutoff)
-    unconfirmed = select(func.count(Order.id)).where(Order.status == S.SUBMITTING, Order.submit_attempts >= 2)
-    return {"waiting_for_worker": db.session.scalar(waiting), "unconfirmed_by_broker": db.session.scalar(unconfirmed)}
+    longer than ORDERS_STUCK_AFTER_SECONDS; `unconfirmed_by_broker`, still submitting after a retry;
+    `cancel_unconfirmed`, pending_cancel that long. The same orders carry a notice (waiting_notice); one count
+    per reason over the status index."""
+    cutoff = (now or utcnow()) - stuck_after()
+    conditions = {"waiting_for_worker": (Order.status == S.PENDING, Order.created_at < cutoff),
+                  "unconfirmed_by_broker": (Order.status == S.SUBMITTING, Order.submit_attempts >= 2),
+                  "cancel_unconfirmed": (Order.status == S.PENDING_CANCEL, Order.updated_at < cutoff)}
+    return {reason: db.session.scalar(select(func.count(Order.id)).where(*where))
+            for reason, where in conditions.items()}
 
 
 def stuck_cancels(now: datetime | None = None) -> list[int]:
     """Orders in `pending_cancel` untouched for ORDERS_STUCK_AFTER_SECONDS (their cancel task gave up, or the
     broker is slow to confirm): asking the broker again is safe, a cancel is idempotent."""
-    cutoff = (now or utcnow()) - timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30))
+    cutoff = (now or utcnow()) - stuck_after()
     return list(db.session.scalars(select(Order.id).where(Order.status == S.PENDING_CANCEL, Order.updated_at < cutoff)))
 
 
@@ -1143,36 +1151,48 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def waiting_notice(order: Order) -> str | None:
-    """What to tell the user about an order that is not at its broker after its first try, else None.
+    """What to tell the user about an order delayed on its way to or at its broker, else None.
 
     An order still `submitting` after a retry may already be at the broker while nothing confirms it: the
     user should look there before placing it again, not take it for lost."""
-    attempts = order.submit_attempts
-    if order.status == S.PENDING and attempts:
-        return (f"Tradewarden's execution of this order stopped at an internal error ({attempts} so far); "
-                "nothing reached the broker, and it is tried again.")
     if order.status == S.PENDING:
-        return _unsent_notice(order)
-    if order.status != S.SUBMITTING or attempts < 2:
-        return None
-    broker = broker_name(order)
-    if order.send_outcome_unknown:
-        return (f"{broker} has not confirmed this order after {attempts} send attempts. It may already be at "
-                f"{broker}, so Tradewarden keeps asking instead of sending it again: check your {broker} "
-                "account before you place it again.")
-    return f"Not at {broker} yet after {attempts} send attempts; Tradewarden keeps trying."
+        return _execution_error_notice(order) if order.submit_attempts else _unsent_notice(order)
+    if order.status == S.SUBMITTING and order.submit_attempts > 1:
+        return _unconfirmed_notice(order)
+    if order.status == S.PENDING_CANCEL and utcnow() - order.updated_at >= stuck_after():
+        return (f"{_capitalized(broker_name(order))} has not confirmed the cancel yet; until it does, the order "
+                "may still fill. Tradewarden asks again.")
+    return None
+
+
+def _execution_error_notice(order: Order) -> str:
+    return (f"Tradewarden's execution of this order stopped at an internal error ({order.submit_attempts} so far); "
+            "nothing reached the broker, and it is tried again.")
 
 
 def _unsent_notice(order: Order) -> str | None:
     """For an order the worker has not taken up for longer than ORDERS_STUCK_AFTER_SECONDS: what that means."""
     waiting_since = order.created_at
-    if utcnow() - waiting_since < timedelta(seconds=int(current_app.config.get("ORDERS_STUCK_AFTER_SECONDS") or 30)):
+    if utcnow() - waiting_since < stuck_after():
         return None
     deadline = send_deadline(order)
     ending = (f" If it is still unsent at {deadline:%H:%M:%S} UTC it is not sent at all." if deadline else
               " It is sent as soon as the worker runs.")
     return (f"Waiting for Tradewarden's worker since {waiting_since:%H:%M:%S} UTC; nothing has been sent to the "
             f"broker yet, and you can still cancel it.{ending}")
+
+
+def _unconfirmed_notice(order: Order) -> str:
+    broker, attempts = broker_name(order), order.submit_attempts
+    if order.send_outcome_unknown:
+        return (f"{_capitalized(broker)} has not confirmed this order after {attempts} send attempts. It may "
+                f"already be at {broker}, so Tradewarden keeps asking instead of sending it again: check your "
+                f"{broker} account before you place it again.")
+    return f"Not at {broker} yet after {attempts} send attempts; Tradewarden keeps trying."
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def broker_name(order: Order) -> str:

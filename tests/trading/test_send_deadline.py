@@ -94,15 +94,21 @@ def test_the_metrics_count_orders_waiting_for_the_worker_and_orders_unconfirmed(
     from models import Order
     from utils import orders
     set_price("AAPL", "100")
-    waiting, fresh, unconfirmed = (orders.place_order(user, {**MARKET_BUY, "quantity": "1"})[0] for _ in range(3))
-    _placed_minutes_ago(db, 2, waiting)
+    waiting, fresh, unconfirmed, cancelling = (orders.place_order(user, {**MARKET_BUY, "quantity": "1"})[0]
+                                               for _ in range(4))
     db.session.execute(update(Order).where(Order.id == unconfirmed.id).values(status="submitting", submit_attempts=2))
+    db.session.execute(update(Order).where(Order.id == cancelling.id).values(status="pending_cancel"))
     db.session.commit()
+    _placed_minutes_ago(db, 2, waiting, cancelling)  # the cancel, too, was asked for 2 minutes ago
 
     metrics = client.get("/health/metrics").get_data(as_text=True)
 
     assert 'orders_delayed{reason="waiting_for_worker"} 1.0' in metrics  # not the one placed a moment ago
     assert 'orders_delayed{reason="unconfirmed_by_broker"} 1.0' in metrics
+    assert 'orders_delayed{reason="cancel_unconfirmed"} 1.0' in metrics
+    assert orders.waiting_notice(_reloaded(db, cancelling)) == (
+        "The paper broker has not confirmed the cancel yet; until it does, the order may still fill. "
+        "Tradewarden asks again.")
 
 
 def test_a_crashed_send_of_an_entry_is_not_made_again_past_its_deadline(db, celery_worker, schwab_order, schwab_port):
