@@ -46,6 +46,31 @@ def test_same_client_order_id_twice_gives_one_order(api, db, set_price):
     assert db.session.scalar(select(func.count(Order.id)).where(Order.client_order_id == "my-key-1")) == 1
 
 
+def test_an_order_the_worker_has_not_taken_up_says_so_in_its_notice(api, db, set_price):
+    """No worker runs in this test: the order waits in the queue, as when the worker is down."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from models import Order
+    from utils.dbtypes import utcnow
+    set_price("AAPL", "100")
+    placed = api.post("/orders", json=market_buy("AAPL", "1"))
+    assert placed.status_code == 202 and placed.get_json()["notice"] is None  # just placed: nothing to say
+    placed_at = utcnow() - timedelta(minutes=2)
+    db.session.execute(update(Order).where(Order.id == placed.get_json()["id"]).values(created_at=placed_at))
+    db.session.commit()
+
+    order = api.get(f"/orders/{placed.get_json()['id']}").get_json()
+    listed = api.get("/orders").get_json()["items"][0]
+
+    deadline = placed_at + timedelta(seconds=300)
+    assert order["status"] == "pending" and order["notice"] == (
+        f"Waiting for Tradewarden's worker since {placed_at:%H:%M:%S} UTC; nothing has been sent to the broker "
+        f"yet, and you can still cancel it. If it is still unsent at {deadline:%H:%M:%S} UTC it is not sent at all.")
+    assert listed["notice"] == order["notice"]
+
+
 def test_list_orders_pages_with_next_cursor(api, set_price):
     set_price("AAPL", "100")
     ids = [api.post("/orders", json=market_buy("AAPL", "1")).get_json()["id"] for _ in range(3)]
