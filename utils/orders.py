@@ -514,8 +514,11 @@ def execute_in_our_database(order_id: int) -> bool:
     database (the paper broker), all in the caller's transaction, to commit as one (flushes). A crash
     anywhere undoes all three and leaves the order `pending`, with nothing at the broker, for the recovery
     sweep to queue again. Returns False, having done nothing, for an order at any other broker."""
-    order = db.session.get(Order, order_id)  # held here, so the calls below find it in the session
-    if not _kept_in_our_database(order):
+    # The order and its connection are held here, so the calls below find them in the session (its identity
+    # map lets go of unchanged rows nobody holds, and reading them again costs a SELECT each).
+    order = db.session.get(Order, order_id)
+    connection = _connection_of(order)
+    if connection is None or not _kept_in_our_database(order):
         return False
     if claim_submission(order_id) is not None:  # None: not pending any more
         answer = send_claimed(order_id)
