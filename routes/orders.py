@@ -70,10 +70,7 @@ def pnl_class(value) -> str:
     return "pos" if amount > 0 else "neg" if amount < 0 else ""
 
 
-@bp.app_template_filter("waiting_notice")
-def waiting_notice(order) -> str | None:
-    """What the user should know about an order that is not at its broker after its first try."""
-    return orders.waiting_notice(order)
+bp.add_app_template_filter(orders.waiting_notice, "waiting_notice")  # why an order is delayed, or None
 
 
 @bp.app_template_filter("quantity")

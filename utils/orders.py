@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -474,10 +474,10 @@ def _past_send_deadline(order: Order) -> bool:
 def _fail_if_too_late(order: Order) -> bool:
     """Fail a `pending` entry past its send deadline instead of claiming it (flushes): the worker was down or
     far behind, and an entry sent now would reach a market that has moved on since it was placed."""
-    now, deadline = utcnow(), send_deadline(order)
-    if deadline is None or now < deadline:
+    if not _past_send_deadline(order):
         return False
-    waited, allowed = (int((moment - order.created_at).total_seconds()) for moment in (now, deadline))
+    waited = int((utcnow() - order.created_at).total_seconds())
+    allowed = int((send_deadline(order) - order.created_at).total_seconds())
     _fail(order, f"not sent: it waited {waited} s for the worker, past the {allowed} s send deadline; sent this "
                  "late it would meet a market that has moved on. Place it again if you still want it.")
     return True
@@ -518,7 +518,7 @@ def execute_in_our_database(order_id: int) -> bool:
     # map lets go of unchanged rows nobody holds, and reading them again costs a SELECT each).
     order = db.session.get(Order, order_id)
     connection = _connection_of(order)
-    if connection is None or not _kept_in_our_database(order):
+    if not _kept_in_our_database(connection):
         return False
     if claim_submission(order_id) is not None:  # None: not pending any more
         answer = send_claimed(order_id)
@@ -548,11 +548,10 @@ def _connection_of(order: Order | None) -> BrokerConnection | None:
     return db.session.get(BrokerConnection, order.broker_connection_id) if order is not None else None
 
 
-def _kept_in_our_database(order: Order | None) -> bool:
-    """Whether the order's broker keeps its orders in our own database (the paper broker). False without a
-    connection or an installed adapter: the remote path reports that and retries."""
+def _kept_in_our_database(connection: BrokerConnection | None) -> bool:
+    """Whether the connection's broker keeps its orders in our own database (the paper broker). False without
+    a connection or an installed adapter: the remote path reports that and retries."""
     from utils.brokers import adapter_class
-    connection = _connection_of(order)
     try:
         return connection is not None and adapter_class(connection).in_our_database
     except BrokerUnavailable:
@@ -660,7 +659,7 @@ def note_send_may_arrive(order_id: int) -> bool | None:
     run of failed lookups could call the order `failed` while the broker holds it. Returns the mark as it
     was before (None at the paper broker, whose send commits with our records), for note_send_failure."""
     order = db.session.get(Order, order_id)
-    if order is None or order.status != S.SUBMITTING or _kept_in_our_database(order):
+    if order is None or order.status != S.SUBMITTING or _kept_in_our_database(_connection_of(order)):
         return None
     before, order.send_outcome_unknown = order.send_outcome_unknown, True
     db.session.flush()
@@ -1088,14 +1087,15 @@ def stuck_orders(now: datetime | None = None) -> tuple[list[int], list[tuple[int
 def delayed_counts(now: datetime | None = None) -> dict[str, int]:
     """How many orders are delayed, by why (for the `orders_delayed` metric): `waiting_for_worker`, pending
     longer than ORDERS_STUCK_AFTER_SECONDS; `unconfirmed_by_broker`, still submitting after a retry;
-    `cancel_unconfirmed`, pending_cancel that long. The same orders carry a notice (waiting_notice); one count
-    per reason over the status index."""
+    `cancel_unconfirmed`, pending_cancel that long. The same orders carry a notice (waiting_notice); one query
+    over the status index."""
     cutoff = (now or utcnow()) - stuck_after()
-    conditions = {"waiting_for_worker": (Order.status == S.PENDING, Order.created_at < cutoff),
-                  "unconfirmed_by_broker": (Order.status == S.SUBMITTING, Order.submit_attempts >= 2),
-                  "cancel_unconfirmed": (Order.status == S.PENDING_CANCEL, Order.updated_at < cutoff)}
-    return {reason: db.session.scalar(select(func.count(Order.id)).where(*where))
-            for reason, where in conditions.items()}
+    conditions = {"waiting_for_worker": and_(Order.status == S.PENDING, Order.created_at < cutoff),
+                  "unconfirmed_by_broker": and_(Order.status == S.SUBMITTING, Order.submit_attempts >= 2),
+                  "cancel_unconfirmed": and_(Order.status == S.PENDING_CANCEL, Order.updated_at < cutoff)}
+    counts = db.session.execute(select(*(func.count(Order.id).filter(where) for where in conditions.values()))
+                                .where(Order.status.in_((S.PENDING, S.SUBMITTING, S.PENDING_CANCEL)))).one()
+    return dict(zip(conditions, counts))
 
 
 def stuck_cancels(now: datetime | None = None) -> list[int]:

@@ -203,12 +203,12 @@ def _same_order(order: dict, body: dict) -> bool:
     leg = legs[0]
     return (order.get("orderType") == body["orderType"] and leg.get("instruction") == wanted["instruction"]
             and (leg.get("instrument") or {}).get("symbol") == wanted["instrument"]["symbol"]
-            and _price(order.get("quantity")) == Decimal(str(wanted["quantity"]))
-            and _price(order.get("price")) == _price(body.get("price"))
-            and _price(order.get("stopPrice")) == _price(body.get("stopPrice")))
+            and _decimal_or_none(order.get("quantity")) == Decimal(str(wanted["quantity"]))
+            and _decimal_or_none(order.get("price")) == _decimal_or_none(body.get("price"))
+            and _decimal_or_none(order.get("stopPrice")) == _decimal_or_none(body.get("stopPrice")))
 
 
-def _price(value) -> Decimal | None:
+def _decimal_or_none(value) -> Decimal | None:
     return None if value in (None, "") else Decimal(str(value))
 
 
