@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from models import ApiKey, ApiKeyStatus, RefreshToken, User, utcnow
 from utils import audit
 from utils.database import owned_row
+from utils.dbtypes import iso_utc
 from utils.errors import BadRequest, DomainError, RateLimited, Unauthorized, ValidationFailed
 from utils.extensions import client_ip, db
 
@@ -764,14 +765,10 @@ def on_user_deactivated(user: User, actor: User | None = None) -> None:
 
 def serialize_api_key(key: ApiKey) -> dict:
     return {"id": key.id, "name": key.name, "prefix": key.prefix, "status": key_status(key).value,
-            "created_at": iso(key.created_at), "expires_at": iso(key.expires_at),
-            "grace_until": iso(key.grace_until), "revoked_at": iso(key.revoked_at),
-            "last_used_at": iso(key.last_used_at), "usage_count": key.usage_count,
+            "created_at": iso_utc(key.created_at), "expires_at": iso_utc(key.expires_at),
+            "grace_until": iso_utc(key.grace_until), "revoked_at": iso_utc(key.revoked_at),
+            "last_used_at": iso_utc(key.last_used_at), "usage_count": key.usage_count,
             "rotated_from_id": key.rotated_from_id}
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
 # --- access and refresh tokens ------------------------------------------------------------------
@@ -953,7 +950,7 @@ def token_info(user: User, credential: Credential) -> dict:
     """What the presented credential is and whom it belongs to (no secrets)."""
     return {"user_id": user.id, "email": user.email, "is_admin": bool(user.is_admin),
             "credential_type": credential.kind, "credential_id": credential.id,
-            "family_id": credential.family_id, "expires_at": iso(credential.expires_at)}
+            "family_id": credential.family_id, "expires_at": iso_utc(credential.expires_at)}
 
 
 # --- request bodies -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from models import Broker as BrokerName
 from models import BrokerAccount, BrokerConnection, ConnectionStatus
 from utils import audit
 from utils.brokers import get_broker, oauth
-from utils.dbtypes import utcnow
+from utils.dbtypes import iso_utc, utcnow
 from utils.errors import BadRequest, BrokerError, NotFound
 from utils.extensions import db
 
@@ -156,10 +156,8 @@ def keep_links_alive() -> dict:
 
 def connection_to_dict(connection: BrokerConnection) -> dict:
     """The API shape of a connection: never a token, account numbers masked."""
-    def iso(value):
-        return value.isoformat().replace("+00:00", "Z") if value else None
     return {"id": connection.id, "broker": connection.broker.value, "status": connection.status.value,
-            "status_detail": connection.status_detail, "token_expires_at": iso(connection.token_expires_at),
-            "last_refreshed_at": iso(connection.last_refreshed_at), "created_at": iso(connection.created_at),
+            "status_detail": connection.status_detail, "token_expires_at": iso_utc(connection.token_expires_at),
+            "last_refreshed_at": iso_utc(connection.last_refreshed_at), "created_at": iso_utc(connection.created_at),
             "accounts": [{"id": a.id, "masked_number": masked(a), "last4": a.last4, "name": a.name,
                           "account_type": a.account_type} for a in connection.accounts]}

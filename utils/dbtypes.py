@@ -12,6 +12,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a trailing Z, as every time travels in the API and the exports (None stays None;
+    a naive datetime is taken as UTC, as the columns store it)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 class UTCDateTime(TypeDecorator):
     """A datetime that is always stored as UTC and always read back timezone-aware."""
 

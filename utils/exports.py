@@ -32,7 +32,7 @@ from sqlalchemy import Boolean, Integer, String, func, select, type_coerce, upda
 from models import (ExportFormat, ExportJob, ExportJobStatus, Fill, Order, StoredFile, Trade, TradeStatus, User,
                     utcnow)
 from utils import audit, jobs, storage
-from utils.dbtypes import ExactDecimal, UTCDateTime
+from utils.dbtypes import ExactDecimal, UTCDateTime, iso_utc
 from utils.database import owned_row
 from utils.errors import Gone, NotFound, ValidationFailed
 from utils.extensions import db
@@ -274,9 +274,7 @@ def _batches(conn, sheet: Sheet) -> Iterator[list]:
 def _iso_time(value) -> str:
     if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff", stored as UTC
         return value.replace(" ", "T", 1) + "Z"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return iso_utc(value)
 
 
 def _decimal_text(value) -> str:
@@ -564,13 +562,9 @@ def serialize_job(job: ExportJob) -> dict:
             "rows_done": job.rows_done, "rows_total": job.rows_total,
             "percent": 100 if job.status is ExportJobStatus.DONE else
             (int(job.rows_done * 100 / job.rows_total) if job.rows_total else 0),
-            "error": job.error, "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
-            "expires_at": iso(stored.expires_at) if stored else None,
+            "error": job.error, "created_at": iso_utc(job.created_at), "finished_at": iso_utc(job.finished_at),
+            "expires_at": iso_utc(stored.expires_at) if stored else None,
             "filename": stored.filename if stored else None, "size": stored.size if stored else None}
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _iso_time(moment)
 
 
 def delete_expired_files(now: datetime | None = None) -> int:

@@ -18,6 +18,7 @@ from flask import current_app
 from sqlalchemy import text
 
 from utils import crypto
+from utils.dbtypes import iso_utc
 from utils.extensions import db
 
 log = logging.getLogger("tradewarden.health")
@@ -113,7 +114,7 @@ def last_stoploss_sweep() -> dict | None:
         finished_at = finished_at.replace(tzinfo=timezone.utc)
     age = (datetime.now(timezone.utc) - finished_at).total_seconds()
     summary = {key: value for key, value in record.items() if isinstance(value, (int, float)) and key != "finished_at"}
-    return {"finished_at": finished_at.isoformat(), "age_seconds": round(age, 1), **summary}
+    return {"finished_at": iso_utc(finished_at), "age_seconds": round(age, 1), **summary}
 
 
 def check_configuration() -> Check:

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 import redis as redis_lib
@@ -29,7 +29,7 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
                     OrderSide, OrderStatus, OrderType, TimeInForce)
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
-from utils.dbtypes import utcnow
+from utils.dbtypes import iso_utc, utcnow
 from utils.database import LARGEST_ROW_ID, owned_row
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
@@ -1148,11 +1148,6 @@ def decimal_text(value: Decimal | None) -> str | None:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z."""
-    return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def waiting_notice(order: Order) -> str | None:
     """What to tell the user about an order delayed on its way to or at its broker, else None.
 
@@ -1219,10 +1214,10 @@ def order_to_dict(order: Order) -> dict:
         "stop_loss_price": decimal_text(order.stop_loss_price),
         "take_profit_price": decimal_text(order.take_profit_price),
         "trailing_stop_percent": decimal_text(order.trailing_stop_percent),
-        "created_at": iso(order.created_at), "updated_at": iso(order.updated_at),
+        "created_at": iso_utc(order.created_at), "updated_at": iso_utc(order.updated_at),
         "notice": waiting_notice(order),
         "events": [{"from_status": event.from_status, "to_status": event.to_status, "detail": event.detail,
-                    "created_at": iso(event.created_at)} for event in order.events],
+                    "created_at": iso_utc(event.created_at)} for event in order.events],
         "fills": [{"id": fill.id, "quantity": decimal_text(fill.quantity), "price": decimal_text(fill.price),
-                   "fee": decimal_text(fill.fee), "executed_at": iso(fill.executed_at)} for fill in order.fills],
+                   "fee": decimal_text(fill.fee), "executed_at": iso_utc(fill.executed_at)} for fill in order.fills],
     }

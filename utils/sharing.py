@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 
 from models import ExportFormat, ShareLink, Trade, User, utcnow
 from utils import audit, exports
+from utils.dbtypes import iso_utc
 from utils.errors import Forbidden, Gone, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -164,10 +165,10 @@ def _revoke(user: User, link: ShareLink) -> ShareLink:
 def serialize_link(link: ShareLink) -> dict:
     """The owner's view of a link (never the token: only its first characters)."""
     return {"id": link.id, "token_prefix": link.token_prefix, "format": link.format.value, "filters": link.filters,
-            "trade_count": link.trade_count, "state": link_state(link), "created_at": exports.iso(link.created_at),
-            "expires_at": exports.iso(link.expires_at), "max_accesses": link.max_accesses,
-            "accessed_count": link.accessed_count, "last_accessed_at": exports.iso(link.last_accessed_at),
-            "revoked_at": exports.iso(link.revoked_at)}
+            "trade_count": link.trade_count, "state": link_state(link), "created_at": iso_utc(link.created_at),
+            "expires_at": iso_utc(link.expires_at), "max_accesses": link.max_accesses,
+            "accessed_count": link.accessed_count, "last_accessed_at": iso_utc(link.last_accessed_at),
+            "revoked_at": iso_utc(link.revoked_at)}
 
 
 def rate_limit() -> tuple[int, int]:

@@ -15,7 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade, TradeSide, TradeStatus
 from utils import orders, risk
-from utils.dbtypes import utcnow
+from utils.dbtypes import iso_utc, utcnow
 from utils.database import owned_row
 from utils.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
@@ -266,7 +266,7 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
 
 def trade_to_dict(trade: Trade) -> dict:
     """A trade in the DESIGN §7 shape (decimals as strings, ISO 8601 UTC times)."""
-    decimal_text, iso = orders.decimal_text, orders.iso
+    decimal_text = orders.decimal_text
     return {
         "id": trade.id, "symbol": trade.symbol, "asset_type": str(trade.asset_type), "side": str(trade.side),
         "quantity": decimal_text(trade.quantity), "exit_quantity": decimal_text(trade.exit_quantity),
@@ -275,8 +275,8 @@ def trade_to_dict(trade: Trade) -> dict:
         "trailing_stop_percent": decimal_text(trade.trailing_stop_percent),
         "take_profit_price": decimal_text(trade.take_profit_price), "fees": decimal_text(trade.fees),
         "close_reason": trade.close_reason and str(trade.close_reason),
-        "realized_pnl": decimal_text(trade.realized_pnl), "opened_at": iso(trade.opened_at),
-        "closed_at": iso(trade.closed_at),
+        "realized_pnl": decimal_text(trade.realized_pnl), "opened_at": iso_utc(trade.opened_at),
+        "closed_at": iso_utc(trade.closed_at),
     }
 
 
@@ -294,14 +294,14 @@ def positions(user) -> list[dict]:
 
 
 def _position(trade: Trade, quote) -> dict:
-    decimal_text, iso = orders.decimal_text, orders.iso
+    decimal_text = orders.decimal_text
     remaining = trade.quantity - trade.exit_quantity
     price = quote.last if quote else None
     unrealized = None
     if price is not None and trade.entry_price is not None:
         unrealized = (price - trade.entry_price) * remaining * _multiplier(trade) * _sign(trade)
     return {**trade_to_dict(trade), "open_quantity": decimal_text(remaining), "market_price": decimal_text(price),
-            "quote_as_of": iso(quote.as_of) if quote else None,
+            "quote_as_of": iso_utc(quote.as_of) if quote else None,
             "market_value": decimal_text(price * remaining * _multiplier(trade)) if price is not None else None,
             "unrealized_pnl": decimal_text(unrealized)}
 

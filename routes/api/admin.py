@@ -6,6 +6,7 @@ from flask import Blueprint, g, jsonify
 from routes.api.orders import DECIMAL, DECIMAL_INPUT, TIME
 from utils import market_data
 from utils.api_auth import json_object_body
+from utils.dbtypes import iso_utc
 from utils.errors import Forbidden
 from utils.extensions import db
 from utils.openapi import error_responses, json_body, json_response, ref
@@ -24,7 +25,7 @@ def set_price(symbol: str):
 
 
 def manual_price_to_dict(row) -> dict:
-    return {"symbol": row.symbol, "price": format(row.price, "f"), "as_of": row.as_of.isoformat(),
+    return {"symbol": row.symbol, "price": format(row.price, "f"), "as_of": iso_utc(row.as_of),
             "source": row.source}
 
 

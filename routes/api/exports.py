@@ -5,6 +5,7 @@ from flask import Blueprint, Response, g, jsonify, redirect, request, stream_wit
 
 from utils import api_auth, exports, sharing, storage
 from utils.database import ID_RULE
+from utils.dbtypes import iso_utc
 from utils.errors import ValidationFailed
 from utils.extensions import client_ip, db
 from utils.openapi import error_responses, json_body, json_response, path_id, ref
@@ -31,7 +32,7 @@ def create_export():
         link, token = sharing.create_link(g.api_user, body.get("format", "csv"), body.get("filters"),
                                           body.get("expires_in_hours"), body.get("max_accesses"))
         db.session.commit()
-        return jsonify(share_token=token, share_url=sharing.share_url(token), expires_at=exports.iso(link.expires_at),
+        return jsonify(share_token=token, share_url=sharing.share_url(token), expires_at=iso_utc(link.expires_at),
                        max_accesses=link.max_accesses, trade_count=link.trade_count), 201
     _reject_share_options(body)
     plan = exports.direct_export(g.api_user, body.get("format", "csv"), body.get("filters"))

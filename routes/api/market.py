@@ -7,6 +7,7 @@ from flask import Blueprint, jsonify, request
 
 from routes.api.orders import DECIMAL, TIME
 from utils import market_data
+from utils.dbtypes import iso_utc
 from utils.errors import ValidationFailed
 from utils.openapi import error_responses, json_response, ref
 
@@ -42,7 +43,7 @@ def quotes():
 
 def quote_to_dict(quote) -> dict:
     return {"symbol": quote.symbol, "bid": format(quote.bid, "f"), "ask": format(quote.ask, "f"),
-            "last": format(quote.last, "f"), "as_of": quote.as_of.isoformat()}
+            "last": format(quote.last, "f"), "as_of": iso_utc(quote.as_of)}
 
 
 OPENAPI_SCHEMAS = {

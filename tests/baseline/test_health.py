@@ -77,7 +77,7 @@ def test_ready_reports_the_last_stoploss_sweep_with_its_age(client, app):
     sweep = client.get("/health/ready").get_json()["stoploss_last_sweep"]
     assert sweep["trades_checked"] == 3
     assert 89 <= sweep["age_seconds"] < 3600
-    assert datetime.fromisoformat(sweep["finished_at"]) == finished
+    assert datetime.fromisoformat(sweep["finished_at"]) == finished and sweep["finished_at"].endswith("Z")
 
 
 def test_an_unreadable_sweep_record_is_reported_not_a_failure(client, app):

@@ -32,6 +32,7 @@ def test_admin_sets_a_price_that_quotes_return(client, admin, bearer):
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert (body["symbol"], body["price"], body["source"]) == ("AAPL", "190.25", "manual")
+    assert body["as_of"].endswith("Z") and "+00:00" not in body["as_of"]
     assert market_data.get_quotes(["AAPL"])["AAPL"].last == Decimal("190.25")
 
 

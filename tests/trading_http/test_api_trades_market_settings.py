@@ -1,9 +1,13 @@
 """Trades, positions, quotes and risk settings through the JSON API."""
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from tests.trading_http.conftest import market_buy, wait_for, wait_for_order
+
+
+UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
 def open_trade(api, set_price, symbol="AAPL", quantity="10", price="100") -> dict:
@@ -57,7 +61,8 @@ def test_quotes_for_known_and_unknown_symbols(api, set_price):
     body = api.get("/quotes?symbols=AAPL,btc-usd,NOPE").get_json()
     assert {quote["symbol"]: quote["last"] for quote in body["items"]} == {"AAPL": "101.5", "BTC-USD": "60000"}
     assert body["missing"] == ["NOPE"]
-    assert body["items"][0]["as_of"].startswith("20")
+    # UTC with a Z, as every other time in the API (it used to be "+00:00" here alone)
+    assert all(UTC_TIME.fullmatch(quote["as_of"]) for quote in body["items"]), body["items"]
 
 
 def test_quotes_validate_the_symbol_list(api):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlalchemy import select, update
@@ -31,6 +30,7 @@ from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, Conne
                     PaperFill, PaperOrder, PaperPosition)
 from utils import market_data
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
+from utils.dbtypes import utcnow
 from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
 from utils.extensions import db
 from utils.market_data import Quote, setting
@@ -50,10 +50,6 @@ CLOSING_INSTRUCTIONS = {"SELL", "SELL_TO_CLOSE", "BUY_TO_COVER", "BUY_TO_CLOSE"}
 NOTHING_LEFT_TO_CLOSE = "Cancelled: the position it closes is already closed."
 QUANTITY_PLACES = 9
 AVERAGE_PLACES = Decimal("0.0000000001")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # --- connection and account ----------------------------------------------------------------------
