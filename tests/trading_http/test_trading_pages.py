@@ -32,6 +32,18 @@ def test_dashboard_of_a_new_user_shows_balances_and_an_empty_state(client, login
     assert "No orders yet." in html
 
 
+def test_dashboard_after_orders_but_without_positions_names_each_type_by_its_prices(client, login, user,
+                                                                                    set_price):
+    login(user)
+    set_price("AAPL", "100")
+    place_from_ticket(client, order_type="limit", limit_price="90")
+    place_from_ticket(client, order_type="stop_limit", stop_price="110", limit_price="111")
+    html = client.get("/").get_data(as_text=True)
+    assert "No open positions." in html and "Place your first order" not in html  # not a first order any more
+    assert ">limit 90.00<" in html and ">stop 110.00, limit 111.00<" in html
+    assert ">market<" not in html and " @ " not in html and "· exit" not in html  # entries carry no purpose mark
+
+
 def test_dashboard_lists_recent_orders_and_open_positions(client, login, user, set_price, celery_worker):
     login(user)
     set_price("AAPL", "100")
@@ -145,6 +157,7 @@ def test_trades_page_shows_open_trade_and_closes_it(client, login, user, set_pri
                       lambda page: 'class="symbol">AAPL<' in page)
     assert "manual" in closed
     assert "No open trades." in client.get("/trades").get_data(as_text=True)
+    assert ">market <span class=\"muted\">· exit</span><" in client.get("/orders").get_data(as_text=True)
 
 
 def test_risk_settings_page_shows_saves_and_validates(client, login, user, api_client_for):
