@@ -19,10 +19,11 @@ import random
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from importlib import import_module
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import redis
 from flask import current_app
@@ -56,6 +57,8 @@ CRYPTO_PATTERN = re.compile(r"^[A-Z0-9]{2,10}-(USD|USDC|USDT|EUR|GBP|BTC|ETH)$")
 OPTION_PATTERN = re.compile(r"^([A-Z][A-Z0-9.]{0,5}) *(\d{6})([CP])(\d{8})$")
 OPTION_MULTIPLIER = Decimal(100)
 MAX_PRICE = Decimal("1000000000")
+# US listed options expire on their OCC date, a day of the New York calendar.
+OPTIONS_CALENDAR = ZoneInfo("America/New_York")
 
 
 def canonical_symbol(unsafe_symbol: str) -> str:
@@ -63,10 +66,29 @@ def canonical_symbol(unsafe_symbol: str) -> str:
     text = str(unsafe_symbol or "").strip().upper()
     option = OPTION_PATTERN.match(text)
     if option:
+        _expiry_date(option.group(2), unsafe_symbol)
         return "".join(option.groups())
     if EQUITY_PATTERN.match(text) or CRYPTO_PATTERN.match(text):
         return text
     raise InvalidSymbol(details={"symbol": str(unsafe_symbol)[:40]})
+
+
+def _expiry_date(yymmdd: str, unsafe_symbol) -> date:
+    try:
+        return date(2000 + int(yymmdd[:2]), int(yymmdd[2:4]), int(yymmdd[4:]))
+    except ValueError:  # e.g. month 13: no such contract
+        raise InvalidSymbol(details={"symbol": str(unsafe_symbol)[:40]}) from None
+
+
+def expired_on(symbol: str, now: datetime | None = None) -> date | None:
+    """The expiration date of an option `symbol` (canonical) that expired before today in New York; None for an
+    option still trading and for any other symbol."""
+    option = OPTION_PATTERN.match(symbol)
+    if option is None:
+        return None
+    expiry = _expiry_date(option.group(2), symbol)
+    today = (now or datetime.now(timezone.utc)).astimezone(OPTIONS_CALENDAR).date()
+    return expiry if expiry < today else None
 
 
 def asset_type_of(symbol: str) -> str:

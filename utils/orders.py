@@ -173,6 +173,13 @@ def _instruction(unsafe: dict, side: str, asset_type: AssetType) -> str:
     return instruction
 
 
+def _check_not_expired(symbol: str, instruction: str) -> None:
+    """An expired option cannot be opened (closing one is left to the broker, as every exit is)."""
+    expiry = market_data.expired_on(symbol)
+    if expiry is not None and instruction in ENTRY_INSTRUCTIONS:
+        raise _invalid("symbol", f"{symbol} expired on {expiry.isoformat()}; an expired option cannot be opened.")
+
+
 def _quantity(unsafe: dict, asset_type: AssetType) -> Decimal:
     quantity = _decimal(unsafe, "quantity", required=True, maximum=MAX_QUANTITY)
     if asset_type != AssetType.CRYPTO and quantity != quantity.to_integral_value():
@@ -213,9 +220,11 @@ def parse_order_request(unsafe: dict) -> OrderInput:
     side = _choice(unsafe, "side", {"buy", "sell"})
     order_type = _choice(unsafe, "type", {member.value for member in OrderType})
     limit_price, stop_price = _prices(unsafe, order_type)
+    instruction = _instruction(unsafe, side, asset_type)
+    _check_not_expired(symbol, instruction)
     return OrderInput(
         symbol=symbol, asset_type=asset_type, side=OrderSide(side),
-        instruction=_instruction(unsafe, side, asset_type), quantity=_quantity(unsafe, asset_type),
+        instruction=instruction, quantity=_quantity(unsafe, asset_type),
         order_type=OrderType(order_type), limit_price=limit_price, stop_price=stop_price,
         time_in_force=TimeInForce(_choice(unsafe, "time_in_force", {"day", "gtc"}, default="day")),
         client_order_id=_client_order_id(unsafe), stop_loss_price=_decimal(unsafe, "stop_loss_price"),

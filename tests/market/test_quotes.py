@@ -116,6 +116,18 @@ def test_option_symbols_have_a_compact_and_a_padded_form():
     assert market_data.occ_padded("AAPL240517P00190000") == "AAPL  240517P00190000"
 
 
+def test_an_option_expires_after_its_date_in_new_york():
+    from datetime import date, datetime, timezone
+
+    from utils import market_data
+    symbol = "SPY261204C00600000"  # expires 2026-12-04
+    late_on_the_day = datetime(2026, 12, 5, 3, 0, tzinfo=timezone.utc)  # 22:00 on Dec 4 in New York
+    next_day = datetime(2026, 12, 5, 6, 0, tzinfo=timezone.utc)  # 01:00 on Dec 5 in New York
+    assert market_data.expired_on(symbol, now=late_on_the_day) is None
+    assert market_data.expired_on(symbol, now=next_day) == date(2026, 12, 4)
+    assert market_data.expired_on("AAPL", now=next_day) is None
+
+
 # --- the simulated source ------------------------------------------------------------------------
 
 def simulated_app(redis_server, database_url, seed: int):

@@ -146,6 +146,24 @@ def test_risk_denial_is_422_with_its_code_and_numbers(api, set_price):
     assert api.get("/orders").get_json()["items"] == []
 
 
+def test_an_expired_option_cannot_be_opened_and_an_impossible_one_is_no_symbol(api, set_price):
+    from datetime import date
+    next_year = date.today().year % 100 + 1
+    live, expired, impossible = f"AAPL{next_year:02d}0116C00190000", "AAPL240517C00190000", "AAPL241317C00190000"
+    for symbol in (live, expired):
+        set_price(symbol, "3.10")
+    response = api.post("/orders", json=market_buy(expired, "1"))
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["details"] == {"field": "symbol"}
+    assert error["message"] == f"{expired} expired on 2024-05-17; an expired option cannot be opened."
+    response = api.post("/orders", json=market_buy(impossible, "1"))  # month 13: no such contract
+    assert response.status_code == 422 and response.get_json()["error"]["details"] == {"field": "symbol"}
+    assert api.get("/orders").get_json()["items"] == []  # nothing was placed
+    accepted = api.post("/orders", json=market_buy(live, "1"))
+    assert accepted.status_code == 202 and accepted.get_json()["instruction"] == "BUY_TO_OPEN"
+
+
 def test_malformed_bodies_are_400_or_422_never_500(api, set_price):
     set_price("AAPL", "100")
     cases = [
