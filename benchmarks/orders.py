@@ -6,7 +6,8 @@ A user and an API key are created directly in the database. Two phases:
 
 1. throughput: N market orders sent by concurrent clients as fast as they go;
    orders/s = N / (first submit → last fill), with p50/p99 submit-to-filled latency;
-2. paced: orders at 50 per second; p99 submit-to-filled latency.
+2. paced: orders at 50 per second; p99 submit-to-filled latency;
+3. burst: 10 orders of one user sent at once, until all are answered (`same_user_burst_ms`, median of 6).
 
 The fill time is the order's `completed_at` in the database (same clock as the client). Last, one more
 order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`),
@@ -255,6 +256,27 @@ def paced_phase(app, client: Client) -> float | None:
     return round(percentile(latencies, 0.99), 1) if latencies else None
 
 
+BURST_ORDERS, BURST_ROUNDS = 10, 6
+
+
+def same_user_burst(base_url: str, key: str) -> float:
+    """Milliseconds until BURST_ORDERS market orders of one user, sent at once (a script rebalancing a
+    portfolio), are all answered: the per-user lock takes them one at a time, so this shows how long each
+    waits for its turn. Median of BURST_ROUNDS rounds."""
+    client = Client(base_url, [key])
+    rounds = []
+    with concurrent.futures.ThreadPoolExecutor(BURST_ORDERS) as pool:
+        for number in range(BURST_ROUNDS):
+            started = time.perf_counter()
+            list(pool.map(lambda n: client.place(n, f"burst{number}"), range(BURST_ORDERS)))
+            rounds.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.5)
+    if client.errors:
+        raise RuntimeError(f"burst orders refused: {client.errors[:3]}")
+    print(f"{BURST_ORDERS} orders of one user at once, all answered after (ms): {[round(r) for r in rounds]}")
+    return round(statistics.median(rounds), 1)
+
+
 def in_process_api(redis_url: str):
     """A test client of the app whose order jobs go to an unused Redis database, so the running worker never
     takes them; and a function posting a 1-share market buy with a client_order_id through it."""
@@ -354,6 +376,7 @@ def main() -> None:
         figures = throughput_phase(app, client)
         time.sleep(1)
         figures["p99_latency_ms_at_50_per_s"] = paced_phase(app, client)
+        figures["same_user_burst_ms"] = same_user_burst(base_url, keys[1])
         figures.update(statements_per_order(stack.env["REDIS_URL"], keys[0]))
         figures.update(placement_with_history(stack.env["REDIS_URL"], app, f"bench{BENCH_USERS}@example.com",
                                               prepare_account(app, BENCH_USERS)))
