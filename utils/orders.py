@@ -493,19 +493,24 @@ def _fail_if_too_late(order: Order) -> bool:
 
 
 def _claim_retry(order: Order, attempt: int) -> int | None:
-    return attempt + 1 if _count_attempt(order.id, S.SUBMITTING, attempt, f"send attempt {attempt + 1}") else None
+    """Count send attempt `attempt + 1` with an event, unless the last attempt stopped at an unexpected error:
+    that note counts the attempts of a recurring error (note_send_error), so the events stay few."""
+    detail = None if _unexpected_error_note(order.id) else f"send attempt {attempt + 1}"
+    return attempt + 1 if _count_attempt(order.id, S.SUBMITTING, attempt, detail) else None
 
 
-def _count_attempt(order_id: int, status: OrderStatus, attempt: int, detail: str) -> bool:
-    """Raise the order's attempt count from `attempt`, staying in `status`, with an event saying why (flushes).
-    False when the order moved on or someone else counted first (one conditional UPDATE)."""
+def _count_attempt(order_id: int, status: OrderStatus, attempt: int, detail: str | None) -> bool:
+    """Raise the order's attempt count from `attempt`, staying in `status`, with an event saying why (none when
+    `detail` is None; flushes). False when the order moved on or someone else counted first (one conditional
+    UPDATE)."""
     changed = db.session.execute(
         update(Order).where(Order.id == order_id, Order.status == status, Order.submit_attempts == attempt)
         .values(submit_attempts=attempt + 1, updated_at=utcnow())
         .execution_options(synchronize_session="fetch")).rowcount
     if changed != 1:
         return False
-    db.session.add(OrderEvent(order_id=order_id, from_status=status, to_status=status, detail=detail))
+    if detail is not None:
+        db.session.add(OrderEvent(order_id=order_id, from_status=status, to_status=status, detail=detail))
     db.session.flush()
     return True
 
@@ -794,17 +799,48 @@ def fail_submission(order_id: int, reason: str) -> None:
 def note_send_error(order_id: int, attempt: int, error: Exception) -> None:
     """Record on a `submitting` order that send attempt `attempt` stopped at an unexpected error, one that is
     no broker's answer (flushes). Where it stopped is unknown, so the order keeps the in-doubt mark of its
-    claim and stays `submitting` for the recovery sweep; the event shows the user why it waits."""
+    claim and stays `submitting` for the recovery sweep; the event shows the user why it waits.
+
+    The same error again on the next attempt widens the last note ("send attempts 2–9 stopped by …") instead
+    of adding events: the sweep retries every few minutes for as long as the error lasts."""
     order = db.session.get(Order, order_id)
-    if order is not None and order.status == S.SUBMITTING:
-        _note_kept_submitting(order, f"send attempt {attempt} stopped by an unexpected error "
-                                     f"({type(error).__name__}), not an answer from the broker")
+    if order is None or order.status != S.SUBMITTING:
+        return
+    kind = type(error).__name__
+    previous = _unexpected_error_note(order.id)
+    if previous is not None and previous[1].group("kind") == kind:
+        event, match = previous
+        event.detail = _kept_submitting_detail(_unexpected_error_reason(f"send attempts {match.group('first')}–"
+                                                                        f"{attempt}", kind))
+        db.session.flush()
+        return
+    _note_kept_submitting(order, _unexpected_error_reason(f"send attempt {attempt}", kind))
+
+
+UNEXPECTED_ERROR_NOTE = re.compile(r"send attempts? (?P<first>\d+)(–\d+)? stopped by an unexpected error "
+                                   r"\((?P<kind>\w+)\)")
+
+
+def _unexpected_error_reason(attempts: str, kind: str) -> str:
+    return f"{attempts} stopped by an unexpected error ({kind}), not an answer from the broker"
+
+
+def _unexpected_error_note(order_id: int) -> tuple[OrderEvent, re.Match] | None:
+    """The order's latest event, with its match, when it is note_send_error's note; else None."""
+    latest = db.session.scalars(select(OrderEvent).where(OrderEvent.order_id == order_id)
+                                .order_by(OrderEvent.id.desc()).limit(1)).first()
+    match = latest is not None and UNEXPECTED_ERROR_NOTE.match(latest.detail or "")
+    return (latest, match) if match else None
 
 
 def _note_kept_submitting(order: Order, reason: str) -> None:
     db.session.add(OrderEvent(order_id=order.id, from_status=S.SUBMITTING, to_status=S.SUBMITTING,
-                              detail=f"{reason}: the recovery sweep asks it again"))
+                              detail=_kept_submitting_detail(reason)))
     db.session.flush()
+
+
+def _kept_submitting_detail(reason: str) -> str:
+    return f"{reason}: the recovery sweep asks it again"
 
 
 def _fail(order: Order, reason: str, **values) -> None:

@@ -1,6 +1,6 @@
 """A resend's lookup that stops at an unexpected error (here an order in Schwab's list that cannot be read)
-is no broker's answer: the order stays `submitting`, in doubt, with an event saying why, and nothing is sent
-again. The order and its `notice` tell the user it may already be at Schwab. Once the list reads again, the
+is no broker's answer: the order stays `submitting`, in doubt, with an event saying why (one, however often
+the sweep meets the error again), and nothing is sent again. The order and its `notice` tell the user it may already be at Schwab. Once the list reads again, the
 recovery sweep adopts Schwab's copy and the order fills once.
 
 The starting point is what a worker killed right after Schwab took the order leaves: the order claimed and
@@ -42,6 +42,18 @@ def test_an_unreadable_lookup_keeps_the_order_in_doubt_and_tells_why_then_it_is_
     assert set(schwab.orders) == {int(sent.broker_order_id), UNREADABLE_ID}  # not sent again
     notice = orders.order_to_dict(order)["notice"]
     assert "may already be at Charles Schwab" in notice and "after 2 send attempts" in notice
+
+    for attempt in (3, 4):  # the sweep meets the same error again: the note counts it, no new events
+        _recover(db, schwab_order)
+        order = wait_for(lambda: _with_event(db, schwab_order, f"send attempts 2–{attempt} stopped"), timeout=30,
+                         message=f"send attempt {attempt} to be counted on the note")
+    assert [event.detail for event in order.events if "unexpected error" in (event.detail or "")] == [
+        "send attempts 2–4 stopped by an unexpected error (InvalidOperation), not an answer from the broker: "
+        "the recovery sweep asks it again"]
+    assert [event.detail for event in order.events if re.fullmatch(r"send attempt \d+", event.detail or "")] == [
+        "send attempt 2"]
+    assert (order.status, order.submit_attempts) == ("submitting", 4)
+    assert set(schwab.orders) == {int(sent.broker_order_id), UNREADABLE_ID}  # still not sent again
 
     del schwab.orders[UNREADABLE_ID]
     _recover(db, schwab_order)
