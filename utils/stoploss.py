@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 import redis as redis_lib
 from flask import current_app, has_app_context
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import String, or_, select, type_coerce, update
+from sqlalchemy import String, func, or_, select, type_coerce, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (AssetType, BrokerConnection, CloseReason, Order, OrderEvent, OrderPurpose, OrderSide,
@@ -73,12 +73,15 @@ class SweepPlan:
     symbols: int = 0
 
 
+# What a sweep checks: open trades with a stop, trail or take-profit.
+GUARDED = (Trade.status == TradeStatus.OPEN,
+           or_(Trade.stop_loss_price.is_not(None), Trade.trailing_stop_percent.is_not(None),
+               Trade.take_profit_price.is_not(None)))
+
+
 def candidate_query():
     """The ONE query of a sweep: the needed columns of open trades with a stop, trail or take-profit."""
-    return select(*CANDIDATE_COLUMNS).where(
-        Trade.status == TradeStatus.OPEN,
-        or_(Trade.stop_loss_price.is_not(None), Trade.trailing_stop_percent.is_not(None),
-            Trade.take_profit_price.is_not(None)))
+    return select(*CANDIDATE_COLUMNS).where(*GUARDED)
 
 
 def usable_quotes(quotes: dict, now: datetime, max_age: timedelta) -> dict:
@@ -317,8 +320,9 @@ def totals() -> dict[str, int]:
 
 
 def guard_status(user) -> dict:
-    """The dashboard card: last sweep (time, age, outcome, counts) and the user's trades with
-    MISS_WARNING_THRESHOLD or more quote misses in a row."""
+    """The dashboard card: when the last sweep ran and whether it is on time, how many of the user's trades a
+    sweep guards, and the user's trades with MISS_WARNING_THRESHOLD or more quote misses in a row. The sweep's
+    own counts cover every user's trades, so they are not shown (one user must not learn of another's)."""
     record = last_record()
     age = None
     if record and record.get("finished_at"):
@@ -327,7 +331,8 @@ def guard_status(user) -> dict:
         Trade.user_id == user.id, Trade.status == TradeStatus.OPEN,
         Trade.quote_misses >= MISS_WARNING_THRESHOLD).order_by(Trade.id)).all()
     interval = int(current_app.config.get("STOPLOSS_INTERVAL_SECONDS") or 60)
-    return {"last_sweep": record, "age_seconds": age, "interval_seconds": interval,
+    guarded = db.session.scalar(select(func.count(Trade.id)).where(Trade.user_id == user.id, *GUARDED))
+    return {"last_sweep": record, "age_seconds": age, "interval_seconds": interval, "guarded": guarded,
             "overdue": record is None or age is None or age > 3 * interval,
             "warnings": [{"trade_id": row[0], "symbol": row[1], "misses": row[2]} for row in warnings]}
 

@@ -89,15 +89,19 @@ def test_the_trade_page_form_moves_the_stop(db, client, login, user, celery_work
     assert fresh(db, type(trade), trade.id).stop_loss_price == Decimal("97")
 
 
-def test_the_dashboard_shows_the_last_sweep_and_quote_miss_warnings(db, client, login, user, celery_worker,
-                                                                    open_trade, run_sweep):
+def test_the_dashboard_shows_the_last_sweep_and_quote_miss_warnings(db, client, login, user, make_user,
+                                                                    celery_worker, open_trade, run_sweep):
     from models import Trade
     login(user)
     assert "has not run yet" in client.get("/").get_data(as_text=True)
     trade = open_trade("100", stop_loss_price="95")
     run_sweep()
     html = client.get("/").get_data(as_text=True)
-    assert "Stop-loss guard" in html and "1 checked" in html and "stoploss-warning" not in html
+    assert "Stop-loss guard" in html and "It guards 1 of your open" in html and "stoploss-warning" not in html
+    stranger = client.application.test_client()
+    login(make_user(email="stranger@example.com"), test_client=stranger)
+    theirs = stranger.get("/").get_data(as_text=True)  # the sweep's counts cover every user: not shown
+    assert "It guards 0 of your open" in theirs and "1 checked" not in theirs
     db.session.execute(update(Trade).where(Trade.id == trade.id).values(quote_misses=3))
     db.session.commit()
     html = client.get("/").get_data(as_text=True)
