@@ -1,8 +1,9 @@
-"""Health probes (no auth, no secrets): /health/live, /health/ready, /health/startup, /health/metrics.
+"""Health probes (no auth, no secrets): /health/live, /health/ready, /health/startup; and /health/metrics, which
+asks for METRICS_TOKEN as a Bearer token when it is set.
 
 Exempt from rate limits and CSRF: orchestrators poll them often and only ever GET.
 """
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from utils import health, metrics
 from utils.extensions import csrf, limiter
@@ -37,6 +38,11 @@ def startup():
 
 @bp.get("/metrics")
 def prometheus_metrics():
+    if not metrics.scrape_allowed(request.headers.get("Authorization", "")):
+        refused = jsonify(error={"code": "unauthorized", "details": {},
+                                 "message": "The metrics need the scrape token (METRICS_TOKEN) as a Bearer token."})
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return _no_store(refused), 401
     payload, content_type = metrics.exposition()
     return _no_store(Response(payload, mimetype=None, content_type=content_type))
 

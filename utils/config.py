@@ -14,12 +14,21 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.fernet import Fernet
 
 MIN_SECRET_KEY_LENGTH = 32
+MIN_METRICS_TOKEN_LENGTH = 16
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "sqlite:///instance/tradewarden.db"
 
 
 class ConfigError(Exception):
     """A required setting is missing or malformed; the message names the variable."""
+
+
+def _metrics_token(env) -> str:
+    """METRICS_TOKEN: when set, /health/metrics answers only a scrape that presents it as a Bearer token."""
+    value = env.get("METRICS_TOKEN", "").strip()
+    if value and len(value) < MIN_METRICS_TOKEN_LENGTH:
+        raise ConfigError(f"METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
+    return value
 
 
 def _require_secret_key(env) -> str:
@@ -190,6 +199,7 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "PAPER_STARTING_CASH": env.get("PAPER_STARTING_CASH", "100000").strip(),
         "API_KEY_ROTATION_GRACE_HOURS": _int(env, "API_KEY_ROTATION_GRACE_HOURS", 24, minimum=0, maximum=168),
         "API_RATE_LIMIT": env.get("API_RATE_LIMIT", "600/minute").strip(),
+        "METRICS_TOKEN": _metrics_token(env),
         "SHARE_LINK_RATE_LIMIT": env.get("SHARE_LINK_RATE_LIMIT", "30/minute").strip(),  # exports: per client IP
         # orders (issue 4): when a pending/submitting order counts as stuck for the recovery sweep, and a
         # test-only fault injection that pauses between the broker call and the commit (0 = off).

@@ -6,10 +6,11 @@ start: every worker writes its samples there and `/health/metrics` merges them
 """
 from __future__ import annotations
 
+import hmac
 import os
 import time
 
-from flask import g, has_app_context, request
+from flask import current_app, g, has_app_context, request
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
@@ -48,6 +49,16 @@ def _observe(response):
 
 
 _KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def scrape_allowed(authorization: str) -> bool:
+    """Whether a scrape may read the metrics: any when METRICS_TOKEN is unset, else only one sending
+    `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time)."""
+    token = current_app.config.get("METRICS_TOKEN") or ""
+    if not token:
+        return True
+    scheme, _, presented = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 def exposition() -> tuple[bytes, str]:

@@ -148,3 +148,9 @@ def test_a_postgresql_url_without_a_driver_uses_the_installed_psycopg(given):
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://tw:pw@db.internal:5432/tradewarden"
     import sqlalchemy
     assert sqlalchemy.make_url(config["SQLALCHEMY_DATABASE_URI"]).get_dialect().driver == "psycopg"
+
+
+def test_a_metrics_token_is_optional_but_not_short():
+    assert load_config(env=env())["METRICS_TOKEN"] == ""
+    assert load_config(env=env(METRICS_TOKEN="m" * 16))["METRICS_TOKEN"] == "m" * 16
+    assert "METRICS_TOKEN" in error_for(METRICS_TOKEN="short")

@@ -75,9 +75,24 @@ def test_ready_reports_the_last_stoploss_sweep_with_its_age(client, app):
     cache = redis_lib.Redis.from_url(app.config["CACHE_REDIS_URL"])
     cache.set("stoploss:last_sweep", json.dumps({"finished_at": finished.isoformat(), "trades_checked": 3}))
     sweep = client.get("/health/ready").get_json()["stoploss_last_sweep"]
-    assert sweep["trades_checked"] == 3
+    assert set(sweep) == {"finished_at", "age_seconds"}  # the counts (every user's trades) stay out of a public probe
     assert 89 <= sweep["age_seconds"] < 3600
     assert datetime.fromisoformat(sweep["finished_at"]) == finished and sweep["finished_at"].endswith("Z")
+
+
+def test_with_a_metrics_token_only_a_scrape_presenting_it_reads_the_metrics(redis_server, tmp_path, app):
+    token = "scrape-" + "t" * 24
+    guarded = create_app(base_config(redis_server.url, app.config["SQLALCHEMY_DATABASE_URI"], METRICS_TOKEN=token))
+    client = guarded.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong-token-of-enough-length"}, {"Authorization": token}):
+        refused = client.get("/health/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        body = refused.get_data(as_text=True)
+        assert refused.get_json()["error"]["code"] == "unauthorized"
+        assert "http_requests_total" not in body and token not in body
+    allowed = client.get("/health/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert allowed.status_code == 200 and "http_requests_total" in allowed.get_data(as_text=True)
+    assert client.get("/health/ready").status_code == 200  # the probes themselves stay open
 
 
 def test_an_unreadable_sweep_record_is_reported_not_a_failure(client, app):
