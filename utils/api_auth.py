@@ -564,11 +564,16 @@ def verify_bearer(unsafe_credential: str) -> tuple[Credential, User]:
 
 def bearer_from_request() -> str:
     """The Bearer value of the Authorization header; raises CredentialRejected when absent or another scheme."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    value = bearer_value(request.headers.get("Authorization", ""))
+    if value is None:
         raise _rejected("missing_bearer")
-    return value.strip()
+    return value
+
+
+def bearer_value(header: str) -> str | None:
+    """The credential of an `Authorization: Bearer <value>` header; None when empty or another scheme."""
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def reject_query_credentials() -> None:

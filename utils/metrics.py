@@ -54,11 +54,12 @@ _KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 def scrape_allowed(authorization: str) -> bool:
     """Whether a scrape may read the metrics: any when METRICS_TOKEN is unset, else only one sending
     `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time)."""
+    from utils.api_auth import bearer_value
     token = current_app.config.get("METRICS_TOKEN") or ""
     if not token:
         return True
-    scheme, _, presented = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+    presented = bearer_value(authorization)
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def exposition() -> tuple[bytes, str]:

@@ -807,9 +807,8 @@ def note_send_error(order_id: int, attempt: int, error: Exception) -> None:
     if order is None or order.status != S.SUBMITTING:
         return
     kind = type(error).__name__
-    previous = _unexpected_error_note(order.id)
-    if previous is not None and previous[1].group("kind") == kind:
-        event, match = previous
+    event, match = _unexpected_error_note(order.id) or (None, None)
+    if match is not None and match.group("kind") == kind:
         event.detail = _kept_submitting_detail(_unexpected_error_reason(f"send attempts {match.group('first')}–"
                                                                         f"{attempt}", kind))
         db.session.flush()
