@@ -338,6 +338,7 @@ class CloseReason(enum.StrEnum):
     TAKE_PROFIT = "take_profit"
     MANUAL = "manual"
     BROKER = "broker"
+    EXPIRED = "expired"  # an option held past its expiration, settled at its intrinsic value (paper broker)
 
 
 class Trade(TimestampMixin, db.Model):

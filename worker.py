@@ -59,6 +59,7 @@ BEAT_SCHEDULE["market-tick"] = {"task": jobs.MARKET_TICK, "schedule": float(flas
 from celery import shared_task  # noqa: E402  (each section keeps its imports)
 
 from utils import orders as order_service  # noqa: E402
+from utils import trades as trade_service  # noqa: E402
 from utils.errors import BrokerUnavailable, DomainError  # noqa: E402
 
 ORDER_SEND_MAX_RETRIES = 5
@@ -167,8 +168,15 @@ def recover_orders() -> None:
         jobs.send_now(jobs.ORDERS_CANCEL, order_id)
 
 
+@shared_task(name=jobs.TRADES_SETTLE_EXPIRED)
+def settle_expired_options() -> int:
+    """Beat: close paper trades in options that have expired, at their settlement value."""
+    return trade_service.settle_expired_options(commit=db.session.commit)
+
+
 BEAT_SCHEDULE["orders-sync"] = {"task": jobs.ORDERS_SYNC, "schedule": 2.0}
 BEAT_SCHEDULE["orders-recover"] = {"task": jobs.ORDERS_RECOVER, "schedule": 15.0}
+BEAT_SCHEDULE["trades-settle-expired"] = {"task": jobs.TRADES_SETTLE_EXPIRED, "schedule": 60.0}
 
 
 

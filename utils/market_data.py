@@ -91,6 +91,27 @@ def expired_on(symbol: str, now: datetime | None = None) -> date | None:
     return expiry if expiry < today else None
 
 
+def expired_underlying(symbol: str) -> str | None:
+    """The underlying of an option `symbol` (canonical) that has expired, or None (a live option, any other
+    symbol, or a root that is no tradable symbol of its own)."""
+    if expired_on(symbol) is None:
+        return None
+    try:
+        return canonical_symbol(OPTION_PATTERN.match(symbol).group(1))
+    except InvalidSymbol:
+        return None
+
+
+def settlement_quote(symbol: str, underlying: Quote) -> Quote:
+    """An expired option's only price: its intrinsic value at the underlying's last price (a call
+    max(S − K, 0), a put max(K − S, 0), per share; zero when it expired out of the money), as of the
+    underlying's quote, so an exit is never settled on a stale underlying price."""
+    right, strike = OPTION_PATTERN.match(symbol).group(3, 4)
+    distance = underlying.last - Decimal(strike) / 1000
+    value = max(distance if right == "C" else -distance, Decimal(0))
+    return Quote(symbol=symbol, bid=value, ask=value, last=value, as_of=underlying.as_of)
+
+
 def asset_type_of(symbol: str) -> str:
     """`equity`, `option` or `crypto` for a symbol; raises InvalidSymbol when it fits no pattern."""
     canonical = canonical_symbol(symbol)
@@ -268,21 +289,32 @@ def cache_key(symbol: str, source: str | None = None) -> str:
 def get_quotes(symbols: list[str], *, fresh: bool = False) -> dict[str, Quote]:
     """Quotes keyed by the requested symbols: one cache MGET, one batched source read for the misses.
 
-    Invalid or unknown symbols are simply absent. `fresh=True` skips the cache (and refreshes it).
+    Invalid or unknown symbols are simply absent. `fresh=True` skips the cache (and refreshes it). An expired
+    option is not read from the source: it is priced at its settlement value from its underlying's quote.
     A Redis outage degrades to reading the source; it never fails the call.
     """
     wanted = _canonical_map(symbols)
     if not wanted:
         return {}
     unique = list(dict.fromkeys(wanted.values()))
+    expired = {symbol: underlying for symbol in unique if (underlying := expired_underlying(symbol))}
+    found = _live_quotes([symbol for symbol in unique if symbol not in expired] + list(expired.values()), fresh)
+    found.update({symbol: settlement_quote(symbol, found[underlying])
+                  for symbol, underlying in expired.items() if underlying in found})
+    return {requested: replace(found[canonical], symbol=requested)
+            for requested, canonical in wanted.items() if canonical in found}
+
+
+def _live_quotes(symbols: list[str], fresh: bool) -> dict[str, Quote]:
+    """Quotes of trading symbols: the cache, then one batched source read for the misses."""
+    unique = list(dict.fromkeys(symbols))
     found = {} if fresh else _cached(unique)
     misses = [symbol for symbol in unique if symbol not in found]
     if misses:
         loaded = current_source().fetch(misses)
         _store(loaded, len(misses))
         found.update(loaded)
-    return {requested: replace(found[canonical], symbol=requested)
-            for requested, canonical in wanted.items() if canonical in found}
+    return found
 
 
 def _canonical_map(symbols: list[str]) -> dict[str, str]:
@@ -439,7 +471,8 @@ def _simulated_symbols() -> list[str]:
         watched = {member.decode() for member in cache().smembers(WATCHED_KEY)}
     except redis.RedisError:
         watched = set()
-    return sorted(set(stored) | set(simulated_universe()) | set(_canonical_map(list(watched)).values()))
+    symbols = set(stored) | set(simulated_universe()) | set(_canonical_map(list(watched)).values())
+    return sorted(symbol for symbol in symbols if expired_on(symbol) is None)  # an expired option walks no more
 
 
 def _move(row, price: Decimal, now: datetime) -> bool:

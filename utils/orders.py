@@ -905,7 +905,7 @@ def _record_unlisted_fill(order: Order, broker_order: BrokerOrder, earlier: list
 def record_fill(order: Order, broker_fill) -> Fill | None:
     """Add one execution to an order; a duplicate or an overfill is refused (returns None)."""
     quantity, price = broker_fill.quantity, broker_fill.price
-    if quantity <= 0 or price <= 0:
+    if quantity <= 0 or price < 0:  # zero is a price: an option that expired worthless settles at it
         log.warning("order %s: refused a fill with quantity %s price %s", order.id, quantity, price)
         return None
     if order.filled_quantity + quantity > order.quantity:

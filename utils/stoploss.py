@@ -146,6 +146,10 @@ def plan_sweep(now: datetime | None = None) -> SweepPlan:
     """Read the candidates (one query) and their quotes (one batched read) and evaluate them; no writes."""
     rows = db.session.connection().execute(candidate_query()).all()  # Core rows: no ORM loading layer
     symbols = sorted({row[2] for row in rows})
+    expired = {symbol for symbol in symbols if market_data.expired_on(symbol)}
+    if expired:  # an expired option is settled (`trades.settle_expired_options`) or closed by its broker
+        rows = [row for row in rows if row[2] not in expired]
+        symbols = [symbol for symbol in symbols if symbol not in expired]
     quotes = market_data.get_quotes(symbols) if symbols else {}
     return evaluate(rows, usable_quotes(quotes, now or datetime.now(timezone.utc), market_data.default_max_age()))
 

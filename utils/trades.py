@@ -13,11 +13,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade, TradeSide, TradeStatus
-from utils import orders, risk
+from models import (AssetType, Broker, BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade,
+                    TradeSide, TradeStatus, User)
+from utils import audit, market_data, orders, risk
 from utils.dbtypes import iso_utc, utcnow
 from utils.database import owned_row
-from utils.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from utils.errors import Conflict, DomainError, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
 
 log = logging.getLogger("tradewarden.trades")
@@ -239,10 +240,11 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
     """Claim `open → closing` (once), cancel the trade's working exits at the broker, and enqueue one market
     exit for what is still held (flushes). Raises NotFound, Conflict when the trade is not open or one of its
     exits is still being sent (the caller rolls back the claim), BrokerUnavailable, and ValidationFailed
-    for a manual close its broker cannot fill now (no current price at the paper broker): the trade stays
-    open and guarded rather than have its stop withdrawn for an exit that would be rejected."""
+    for a manual close or an expiry settlement its broker cannot fill now (no current price at the paper
+    broker): the trade stays open and guarded rather than have its stop withdrawn for an exit that would be
+    rejected."""
     trade = get_trade(user, trade_id)
-    if reason == CloseReason.MANUAL and trade.status == T.OPEN:
+    if reason in (CloseReason.MANUAL, CloseReason.EXPIRED) and trade.status == T.OPEN:
         orders.check_tradable_now(db.session.get(BrokerConnection, trade.broker_connection_id), trade.symbol)
     try:
         transition_trade(trade, T.CLOSING, close_reason=reason)
@@ -260,6 +262,39 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
                    CloseReason.TAKE_PROFIT: OrderPurpose.TAKE_PROFIT}.get(reason, OrderPurpose.EXIT)
         orders.create_exit_order(trade, remaining, purpose)
     return trade
+
+
+# --- options held past expiration (paper broker) ---------------------------------------------------
+
+def expired_option_trades() -> list[tuple[int, int]]:
+    """(trade id, user id) of every open paper trade in an option that has expired."""
+    rows = db.session.execute(
+        select(Trade.id, Trade.user_id, Trade.symbol).join(BrokerConnection, BrokerConnection.id ==
+                                                            Trade.broker_connection_id)
+        .where(Trade.status == T.OPEN, Trade.asset_type == AssetType.OPTION, BrokerConnection.broker == Broker.PAPER)
+        .order_by(Trade.id)).all()
+    return [(trade_id, user_id) for trade_id, user_id, symbol in rows if market_data.expired_on(symbol)]
+
+
+def settle_expired_options(commit) -> int:
+    """Beat: close each expired paper option trade with a market exit, which the paper broker fills at the
+    contract's settlement value (its intrinsic value, zero out of the money). Returns how many were closed;
+    one that cannot close now (no current underlying price, an exit still being sent) waits for the next run."""
+    settled = 0
+    for trade_id, user_id in expired_option_trades():
+        try:
+            trade = close_trade(db.session.get(User, user_id), trade_id, reason=CloseReason.EXPIRED)
+            audit.record("trade.expired", user=user_id, actor=None,
+                         details={"trade_id": trade_id, "symbol": trade.symbol})
+            commit()
+            settled += 1
+        except DomainError as error:
+            db.session.rollback()
+            log.warning("trade %s: expired option not settled now: %s", trade_id, error.message)
+        except Exception:  # noqa: BLE001 — one trade's fault must not keep the others unsettled
+            db.session.rollback()
+            log.exception("trade %s: expired option not settled now", trade_id)
+    return settled
 
 
 # --- views --------------------------------------------------------------------------------------

@@ -281,16 +281,16 @@ def test_same_client_order_id_returns_the_existing_order(broker, db, set_price):
 # --- options and crypto --------------------------------------------------------------------------
 
 def test_option_contracts_settle_with_a_multiplier_of_100(broker, db, set_price):
-    set_price("AAPL240517P00190000", "3.10")
-    order = place(broker, db, symbol="AAPL  240517P00190000", quantity="2", instruction="BUY_TO_OPEN")
+    set_price("AAPL301220P00190000", "3.10")
+    order = place(broker, db, symbol="AAPL  301220P00190000", quantity="2", instruction="BUY_TO_OPEN")
     premium = order.fills[0].price
-    assert order.symbol == "AAPL240517P00190000"
+    assert order.symbol == "AAPL301220P00190000"
     assert broker.get_account().cash == Decimal("100000") - 2 * premium * 100
-    set_price("AAPL240517P00190000", "4.10")
+    set_price("AAPL301220P00190000", "4.10")
     [position] = broker.get_positions()
     assert position.asset_type == "option"
     assert Decimal(position.extra["unrealized_pl"]) == 2 * (Decimal("4.10") - premium) * 100
-    sold = place(broker, db, symbol="AAPL240517P00190000", side="sell", quantity="2", instruction="SELL_TO_CLOSE")
+    sold = place(broker, db, symbol="AAPL301220P00190000", side="sell", quantity="2", instruction="SELL_TO_CLOSE")
     assert broker.get_account().cash == Decimal("100000") + 2 * (sold.fills[0].price - premium) * 100
 
 
@@ -352,9 +352,9 @@ def test_a_quantity_read_back_from_postgresql_with_trailing_zeros_is_the_same_qu
 
 
 def test_fractional_option_contracts_are_rejected(broker, set_price):
-    set_price("AAPL240517P00190000", "3")
+    set_price("AAPL301220P00190000", "3")
     with pytest.raises(BrokerRejected):
-        broker.place_order(order_request(symbol="AAPL240517P00190000", quantity="1.5", instruction="BUY_TO_OPEN"))
+        broker.place_order(order_request(symbol="AAPL301220P00190000", quantity="1.5", instruction="BUY_TO_OPEN"))
 
 
 def test_crypto_cannot_be_sold_short(broker, set_price):

@@ -88,9 +88,9 @@ def test_unknown_and_malformed_symbols_are_simply_absent(app, set_price):
 
 def test_quotes_are_keyed_by_the_symbol_as_requested(app, set_price):
     from utils import market_data
-    set_price("AAPL240517P00190000", "3.10")
-    quotes = market_data.get_quotes(["AAPL  240517P00190000", "AAPL240517P00190000"])
-    assert quotes["AAPL  240517P00190000"].last == quotes["AAPL240517P00190000"].last == Decimal("3.10")
+    set_price("AAPL301220P00190000", "3.10")
+    quotes = market_data.get_quotes(["AAPL  301220P00190000", "AAPL301220P00190000"])
+    assert quotes["AAPL  301220P00190000"].last == quotes["AAPL301220P00190000"].last == Decimal("3.10")
 
 
 def test_is_stale_compares_the_quote_time_with_a_max_age(app):

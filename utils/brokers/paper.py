@@ -127,7 +127,10 @@ def _limit_price_now(order: PaperOrder, quote: Quote) -> Decimal | None:
 
 
 def execution_price(order: PaperOrder, quote: Quote) -> tuple[Decimal | None, bool]:
-    """(fill price or None, whether the stop triggers now) for an open order at this quote."""
+    """(fill price or None, whether the stop triggers now) for an open order at this quote. An expired
+    option fills only a market order, at its settlement value (`market_data.settlement_quote`), unslipped."""
+    if market_data.expired_on(order.symbol) is not None:
+        return (quote.last if order.order_type == "market" else None), False
     triggers = order.order_type in ("stop", "stop_limit") and order.stop_triggered_at is None \
         and _stop_reached(order, quote)
     if order.order_type in ("stop", "stop_limit") and order.stop_triggered_at is None and not triggers:
@@ -151,6 +154,8 @@ def _reference_price(request: OrderRequest, quote: Quote) -> Decimal:
 
 
 def _fee(order: PaperOrder, quantity: Decimal) -> Decimal:
+    if market_data.expired_on(order.symbol) is not None:  # settling an expired option costs nothing
+        return Decimal(0)
     per_order = setting("PAPER_FEE_PER_ORDER", Decimal("0")) if order.filled_quantity == 0 else Decimal(0)
     return per_order + setting("PAPER_FEE_PER_UNIT", Decimal("0")) * quantity
 
@@ -186,7 +191,19 @@ def validate_request(request: OrderRequest) -> str:
     _validate_quantity(request.quantity, asset_type)
     _validate_kind(request)
     _validate_prices(request)
+    _check_not_expired(request, symbol)
     return symbol
+
+
+def _check_not_expired(request: OrderRequest, symbol: str) -> None:
+    """An expired option trades no more: a held contract can only be closed, by a market order, at its
+    settlement value."""
+    expiry = market_data.expired_on(symbol)
+    if expiry is None or (_instruction_of(request) in CLOSING_INSTRUCTIONS and request.order_type == "market"):
+        return
+    raise BrokerRejected(f"{symbol} expired on {expiry.isoformat()}: a held contract closes only with a market "
+                         "order, at its settlement value.", code="option_expired",
+                         details={"symbol": symbol, "expired_on": expiry.isoformat()})
 
 
 def _validate_quantity(quantity, asset_type: str) -> None:
@@ -476,7 +493,7 @@ def _match_order(account: PaperAccount, order: PaperOrder, quote: Quote | None) 
     """Fill what the market allows of one open order now (the account lock is held). Returns the fill."""
     if order.status not in OPEN_STATUSES:
         return None
-    if _day_is_over(order):
+    if _day_is_over(order) or _opens_expired_contract(order):
         _claim(order, status="expired")
         return None
     if quote is None:
@@ -506,6 +523,12 @@ def _closable(account_id: int, order: PaperOrder) -> Decimal:
     held = db.session.execute(select(PaperPosition.quantity).where(
         PaperPosition.account_id == account_id, PaperPosition.symbol == order.symbol)).scalar_one_or_none()
     return _closing_room(held or Decimal(0), order.side)
+
+
+def _opens_expired_contract(order: PaperOrder) -> bool:
+    """A resting order to open an option that has since expired expires with it (a closing one stays, for
+    the holder's settlement to cancel)."""
+    return order.instruction not in CLOSING_INSTRUCTIONS and market_data.expired_on(order.symbol) is not None
 
 
 def _day_is_over(order: PaperOrder) -> bool:
