@@ -92,3 +92,14 @@ def age_the_price(app, db, symbol: str) -> None:
     db.session.execute(update(MarketPrice).where(MarketPrice.symbol == symbol).values(as_of=old))
     db.session.commit()
     market_data.cache().flushdb()
+
+
+def let_expire(db, live: str, expired: str) -> None:
+    """The calendar passes an option's date: every row naming the `live` contract, ours and the paper broker's,
+    now names `expired` (the same strike and right; only the date differs)."""
+    from sqlalchemy import update
+
+    from models import Order, PaperOrder, PaperPosition, Trade
+    for model in (Order, Trade, PaperOrder, PaperPosition):
+        db.session.execute(update(model).where(model.symbol == live).values(symbol=expired))
+    db.session.commit()

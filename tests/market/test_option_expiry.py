@@ -6,9 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import update
-
-from tests.market.conftest import age_the_price, order_request
+from tests.market.conftest import age_the_price, let_expire, order_request
 from utils.errors import BrokerRejected
 
 LIVE_CALL, EXPIRED_CALL = "AAPL301220C00150000", "AAPL240119C00150000"  # the same contract, before and after
@@ -18,15 +16,6 @@ EXPIRED_PUT = "AAPL240119P00150000"
 def quotes(*symbols):
     from utils import market_data
     return market_data.get_quotes(list(symbols), fresh=True)
-
-
-def let_expire(db, live: str, expired: str) -> None:
-    """The calendar passes the contract's date: the broker's rows now name a contract that has expired (the
-    same strike and right; only the date differs)."""
-    from models import PaperOrder, PaperPosition
-    for model in (PaperOrder, PaperPosition):
-        db.session.execute(update(model).where(model.symbol == live).values(symbol=expired))
-    db.session.commit()
 
 
 def place(broker, db, **fields):

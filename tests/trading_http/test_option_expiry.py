@@ -5,21 +5,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from tests.market.conftest import age_the_price
+from tests.market.conftest import age_the_price, let_expire
 from tests.trading_http.conftest import market_buy, wait_for, wait_for_order
 
 LIVE_CALL, EXPIRED_CALL = "AAPL301220C00150000", "AAPL240119C00150000"  # the same contract, before and after
-
-
-def let_expire(db) -> None:
-    """The calendar passes the contract's date: every row naming it, ours and the paper broker's, now names
-    the contract as expired (the same strike and right; only the date differs)."""
-    from models import Order, PaperOrder, PaperPosition, Trade
-    for model in (Order, Trade, PaperOrder, PaperPosition):
-        db.session.execute(update(model).where(model.symbol == LIVE_CALL).values(symbol=EXPIRED_CALL))
-    db.session.commit()
 
 
 def settle(db) -> int:
@@ -49,7 +40,7 @@ def settled_trade(api, trade_id: int) -> dict:
 def expired_and_settled(db, api, set_price, underlying_price: str) -> tuple[dict, dict]:
     """(the trade as opened, the trade once settled with AAPL at `underlying_price`)."""
     opened = held_calls(api, set_price)
-    let_expire(db)
+    let_expire(db, LIVE_CALL, EXPIRED_CALL)
     set_price("AAPL", underlying_price)
     assert settle(db) == 1
     return opened, settled_trade(api, opened["id"])
@@ -78,7 +69,7 @@ def test_no_settlement_on_a_stale_underlying_price_and_the_trade_stays_guarded(a
                                                                               celery_worker):
     from models import Order
     opened = held_calls(api, set_price)
-    let_expire(db)
+    let_expire(db, LIVE_CALL, EXPIRED_CALL)
     age_the_price(app, db, "AAPL")
     assert settle(db) == 0
     assert api.get(f"/trades/{opened['id']}").get_json()["status"] == "open"
@@ -106,7 +97,7 @@ def test_the_stop_loss_sweep_leaves_an_expired_option_to_its_settlement(app, db,
     opened = held_calls(api, set_price)
     set_price(LIVE_CALL, "1.00")  # through the 2.00 stop while the contract lives
     assert [breach[0] for breach in stoploss.plan_sweep().breaches] == [opened["id"]]
-    let_expire(db)
+    let_expire(db, LIVE_CALL, EXPIRED_CALL)
     set_price("AAPL", "149.99")  # worthless at expiry: below the stop too, yet the settlement closes it
     plan = stoploss.plan_sweep()
     assert (plan.checked, plan.breaches, plan.misses) == (0, [], [])
