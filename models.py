@@ -368,6 +368,9 @@ class Trade(TimestampMixin, db.Model):
     close_reason: Mapped[CloseReason | None] = mapped_column(str_enum(CloseReason))
     realized_pnl: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     quote_misses: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # Automated exits (stop-loss, take-profit, expiry) the broker refused in a row, and when the next may go.
+    exit_refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0", nullable=False)
+    exit_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     strategy_tag: Mapped[str | None] = mapped_column(String(64))
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -256,8 +256,10 @@ def close_breaches(plan: SweepPlan, commit) -> tuple[int, int]:
 
 def still_breached(trade_id: int) -> bool:
     """Evaluate one trade again on its current stop and a quote that is fresh now (one query, one cached
-    quote read): closes act on the price at the moment of closing, never on one that went stale since."""
-    rows = db.session.connection().execute(candidate_query().where(Trade.id == trade_id)).all()
+    quote read): closes act on the price at the moment of closing, never on one that went stale since.
+    A trade whose last automated exit the broker refused is not breached again until its retry time
+    (`trades.exit_due`), so a refused exit is not sent again at every sweep."""
+    rows = db.session.connection().execute(candidate_query().where(Trade.id == trade_id, trades.exit_due())).all()
     if not rows:
         return False
     quotes = market_data.get_quotes([rows[0][2]])
@@ -338,7 +340,22 @@ def guard_status(user) -> dict:
     guarded = db.session.scalar(select(func.count(Trade.id)).where(Trade.user_id == user.id, *GUARDED))
     return {"last_sweep": record, "age_seconds": age, "interval_seconds": interval, "guarded": guarded,
             "overdue": record is None or age is None or age > 3 * interval,
-            "warnings": [{"trade_id": row[0], "symbol": row[1], "misses": row[2]} for row in warnings]}
+            "warnings": [{"trade_id": row[0], "symbol": row[1], "misses": row[2]} for row in warnings],
+            "refused_exits": refused_exits(user)}
+
+
+def refused_exits(user) -> list[dict]:
+    """The user's open trades whose last automated exit the broker refused: why, and when the next goes."""
+    rows = db.session.execute(select(Trade.id, Trade.symbol, Trade.exit_refusals, Trade.exit_retry_at).where(
+        Trade.user_id == user.id, Trade.status == TradeStatus.OPEN, Trade.exit_refusals > 0).order_by(Trade.id)).all()
+    return [{"trade_id": trade_id, "symbol": symbol, "refusals": refusals, "retry_at": retry_at,
+             "reason": _last_refusal(trade_id)} for trade_id, symbol, refusals, retry_at in rows]
+
+
+def _last_refusal(trade_id: int) -> str | None:
+    return db.session.scalar(select(Order.reject_reason).where(
+        Order.trade_id == trade_id, Order.purpose != OrderPurpose.ENTRY, Order.status == S.REJECTED)
+        .order_by(Order.id.desc()).limit(1))
 
 
 class SweepCollector:
@@ -635,7 +652,8 @@ def update_protection(user, trade_id, unsafe) -> Trade:
     if trade.status != TradeStatus.OPEN:
         raise Conflict(f"The trade is {trade.status}; only an open trade's protection can change.",
                        code="trade.not_open", details={"status": str(trade.status)})
-    values = _protection_values(trade, changes, _current_quote(trade))
+    # The user has looked at the trade: a refused automated exit no longer waits for its retry time.
+    values = {**_protection_values(trade, changes, _current_quote(trade)), "exit_refusals": 0, "exit_retry_at": None}
     guarded = db.session.execute(update(Trade).where(Trade.id == trade.id, Trade.status == TradeStatus.OPEN)
                                  .values(**values, updated_at=utcnow()).execution_options(synchronize_session=False))
     if guarded.rowcount != 1:

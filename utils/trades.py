@@ -8,9 +8,10 @@ UPDATEs guarded by the previous value, so two writers can never both apply.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (AssetType, Broker, BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade,
@@ -38,6 +39,10 @@ FINISHED_ORDER_STATUSES = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatu
 PLACES = Decimal("0.0000000001")
 CLOSE_REASON_FOR_PURPOSE = {OrderPurpose.STOP_LOSS: CloseReason.STOP_LOSS,
                             OrderPurpose.TAKE_PROFIT: CloseReason.TAKE_PROFIT}
+# Closes Tradewarden starts on its own. When the broker refuses one (the position is gone, the symbol is
+# halted), the next waits: 2, 5, 15, 30, then every 60 minutes, instead of going again at every sweep.
+AUTOMATED_CLOSES = (CloseReason.STOP_LOSS, CloseReason.TAKE_PROFIT, CloseReason.EXPIRED)
+EXIT_RETRY_DELAYS = tuple(timedelta(minutes=minutes) for minutes in (2, 5, 15, 30, 60))
 
 
 def _multiplier(trade: Trade) -> Decimal:
@@ -171,6 +176,8 @@ def _reduce(trade: Trade, order: Order, fill) -> None:
     fees = trade.fees + fill.fee
     pnl = (exit_price - trade.entry_price) * exit_quantity * _multiplier(trade) * _sign(trade) - fees
     values = {"exit_quantity": exit_quantity, "exit_price": exit_price, "fees": fees, "realized_pnl": pnl}
+    if trade.exit_refusals:  # the broker took an exit: whatever refused the earlier ones has passed
+        values.update(exit_refusals=0, exit_retry_at=None)
     if exit_quantity == trade.quantity and trade.status in HELD_STATUSES:
         values.update(status=T.CLOSED, closed_at=fill.executed_at or utcnow(),
                       close_reason=trade.close_reason or CLOSE_REASON_FOR_PURPOSE.get(order.purpose,
@@ -206,10 +213,36 @@ def entry_finished(order: Order) -> None:
         if trade.status == T.PENDING and trade.quantity == 0 and not _has_working_entry(trade, order.id):
             transition_trade(trade, T.CANCELLED)
     elif trade.status == T.CLOSING and order.status != OrderStatus.FILLED and trade.exit_quantity < trade.quantity:
-        transition_trade(trade, T.OPEN, close_reason=None)
+        transition_trade(trade, T.OPEN, close_reason=None, **_refusal_values(trade, order))
         # Stop-loss guard (issue 5, stop-loss engineer): the close cancelled the broker-side stop; put it back.
         from utils import stoploss
         stoploss.on_exit_filled(trade)
+
+
+def exit_retry_delay(refusals: int) -> timedelta:
+    """How long the next automated exit waits after `refusals` (≥ 1) refusals in a row."""
+    return EXIT_RETRY_DELAYS[min(refusals, len(EXIT_RETRY_DELAYS)) - 1]
+
+
+def exit_due(now: datetime | None = None):
+    """The condition on trades whose automated exit may go now: no refused one is waiting."""
+    return or_(Trade.exit_retry_at.is_(None), Trade.exit_retry_at <= (now or utcnow()))
+
+
+def _refusal_values(trade: Trade, order: Order) -> dict:
+    """What an exit that ended unfilled leaves on its trade. An automated exit the broker refused counts
+    one more refusal and sets when the next may go (an audit event says why); a cancelled or failed exit,
+    or one the user asked for, changes nothing."""
+    if order.status != OrderStatus.REJECTED or trade.close_reason not in AUTOMATED_CLOSES:
+        return {}
+    refusals = trade.exit_refusals + 1
+    retry_at = utcnow() + exit_retry_delay(refusals)
+    audit.record("trade.exit_refused", user=trade.user_id, actor=None, details={
+        "trade_id": trade.id, "symbol": trade.symbol, "order_id": order.id, "close_reason": str(trade.close_reason),
+        "reason": order.reject_reason, "refusals": refusals, "retry_at": iso_utc(retry_at)})
+    log.warning("trade %s: the broker refused its %s exit (%s in a row): %s; next try at %s", trade.id,
+                trade.close_reason, refusals, order.reject_reason, iso_utc(retry_at))
+    return {"exit_refusals": refusals, "exit_retry_at": retry_at}
 
 
 def _has_working_entry(trade: Trade, finished_order_id: int) -> bool:
@@ -267,11 +300,12 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
 # --- options held past expiration (paper broker) ---------------------------------------------------
 
 def expired_option_trades() -> list[tuple[int, int]]:
-    """(trade id, user id) of every open paper trade in an option that has expired."""
+    """(trade id, user id) of every open paper trade in an option that has expired (and no refused exit waits)."""
     rows = db.session.execute(
         select(Trade.id, Trade.user_id, Trade.symbol).join(BrokerConnection, BrokerConnection.id ==
                                                             Trade.broker_connection_id)
-        .where(Trade.status == T.OPEN, Trade.asset_type == AssetType.OPTION, BrokerConnection.broker == Broker.PAPER)
+        .where(Trade.status == T.OPEN, Trade.asset_type == AssetType.OPTION, BrokerConnection.broker == Broker.PAPER,
+               exit_due())
         .order_by(Trade.id)).all()
     return [(trade_id, user_id) for trade_id, user_id, symbol in rows if market_data.expired_on(symbol)]
 
@@ -311,7 +345,8 @@ def trade_to_dict(trade: Trade) -> dict:
         "take_profit_price": decimal_text(trade.take_profit_price), "fees": decimal_text(trade.fees),
         "close_reason": trade.close_reason and str(trade.close_reason),
         "realized_pnl": decimal_text(trade.realized_pnl), "opened_at": iso_utc(trade.opened_at),
-        "closed_at": iso_utc(trade.closed_at),
+        "closed_at": iso_utc(trade.closed_at), "exit_refusals": trade.exit_refusals,
+        "exit_retry_at": iso_utc(trade.exit_retry_at),
     }
 
 

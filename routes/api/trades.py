@@ -71,6 +71,10 @@ OPENAPI_SCHEMAS = {
             "realized_pnl": NULLABLE_DECIMAL,
             "opened_at": NULLABLE_TIME,
             "closed_at": NULLABLE_TIME,
+            "exit_refusals": {"type": "integer", "minimum": 0, "description":
+                              "Automatic exits (stop-loss, take-profit, expiry) the broker refused in a row."},
+            "exit_retry_at": {**NULLABLE_TIME, "description":
+                              "When the next automatic exit may go after a refusal (null: at once)."},
         },
     },
     "TradeList": {

@@ -101,3 +101,23 @@ def test_the_stop_loss_sweep_leaves_an_expired_option_to_its_settlement(app, db,
     set_price("AAPL", "149.99")  # worthless at expiry: below the stop too, yet the settlement closes it
     plan = stoploss.plan_sweep()
     assert (plan.checked, plan.breaches, plan.misses) == (0, [], [])
+
+
+def test_a_settlement_the_broker_refuses_waits_before_the_next(app, db, api, set_price, celery_worker):
+    """The contract is no longer at the paper broker (as when the broker settled it itself): the settlement's
+    exit is refused, the trade stays open, and the next run waits instead of sending it again."""
+    from sqlalchemy import delete
+
+    from models import PaperPosition
+    opened = held_calls(api, set_price)
+    let_expire(db, LIVE_CALL, EXPIRED_CALL)
+    db.session.execute(delete(PaperPosition).where(PaperPosition.symbol == EXPIRED_CALL))
+    db.session.commit()
+    set_price("AAPL", "200")
+    assert settle(db) == 1
+    trade = wait_for(lambda: api.get(f"/trades/{opened['id']}").get_json(),
+                     lambda trade: trade["status"] == "open" and trade["exit_refusals"] == 1)
+    assert trade["exit_retry_at"] is not None and trade["close_reason"] is None
+    assert settle(db) == 0
+    assert [order["status"] for order in api.get("/orders").get_json()["items"] if order["purpose"] == "exit"] == [
+        "rejected"]
