@@ -31,8 +31,23 @@ def index():
 @bp.post(f"/<{ID_RULE}:trade_id>/close")
 @login_required
 def close(trade_id: int):
+    return _run_and_return(lambda: trades.close_trade(current_user, trade_id),
+                           "Closing trade #{trade.id} ({trade.symbol}): a market exit order is on its way.")
+
+
+@bp.post(f"/<{ID_RULE}:trade_id>/closed-at-broker")
+@login_required
+def closed_at_broker(trade_id: int):
+    return _run_and_return(lambda: trades.record_closed_at_broker(current_user, trade_id,
+                                                                  {"exit_price": request.form.get("exit_price")}),
+                           "Trade #{trade.id} ({trade.symbol}) is recorded as closed at the broker.")
+
+
+def _run_and_return(action, success: str):
+    """Run a trade action and commit, flashing `success` (formatted with the trade); a refusal is rolled back
+    and flashed instead (an unknown trade stays a 404). Back to the trades list either way."""
     try:
-        trade = trades.close_trade(current_user, trade_id)
+        trade = action()
     except DomainError as error:
         if error.status == 404:
             raise
@@ -40,7 +55,7 @@ def close(trade_id: int):
         flash(error.message, "error")
         return redirect(url_for("trades.index"))
     db.session.commit()
-    flash(f"Closing trade #{trade.id} ({trade.symbol}): a market exit order is on its way.", "success")
+    flash(success.format(trade=trade), "success")
     return redirect(url_for("trades.index"))
 
 

@@ -115,6 +115,11 @@ def _decimal(unsafe: dict, field: str, *, required: bool = False, maximum: Decim
     return value
 
 
+def parse_price(unsafe: dict, field: str) -> Decimal:
+    """A required price from a request body: greater than 0, at most MAX_PRICE, 10 places at most (422)."""
+    return _decimal(unsafe, field, required=True)
+
+
 def _choice(unsafe: dict, field: str, choices, default=None) -> str:
     unsafe_value = unsafe.get(field, default)
     if unsafe_value is None:

@@ -8,6 +8,7 @@ UPDATEs guarded by the previous value, so two writers can never both apply.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -146,7 +147,7 @@ def apply_fill(order: Order, fill) -> None:
     if order.purpose == OrderPurpose.ENTRY:
         _grow(trade, fill)
     else:
-        _reduce(trade, order, fill)
+        _reduce(trade, order.purpose, fill)
 
 
 def _weighted(old_price: Decimal | None, old_quantity: Decimal, price: Decimal, quantity: Decimal) -> Decimal:
@@ -166,7 +167,7 @@ def _grow(trade: Trade, fill) -> None:
     stoploss.on_entry_filled(trade)
 
 
-def _reduce(trade: Trade, order: Order, fill) -> None:
+def _reduce(trade: Trade, purpose: OrderPurpose, fill) -> None:
     exit_quantity = trade.exit_quantity + fill.quantity
     if exit_quantity > trade.quantity:
         log.warning("trade %s: exit fill %s would exceed the position; recorded on the order only", trade.id,
@@ -180,8 +181,7 @@ def _reduce(trade: Trade, order: Order, fill) -> None:
         values.update(exit_refusals=0, exit_retry_at=None)
     if exit_quantity == trade.quantity and trade.status in HELD_STATUSES:
         values.update(status=T.CLOSED, closed_at=fill.executed_at or utcnow(),
-                      close_reason=trade.close_reason or CLOSE_REASON_FOR_PURPOSE.get(order.purpose,
-                                                                                     CloseReason.MANUAL))
+                      close_reason=trade.close_reason or CLOSE_REASON_FOR_PURPOSE.get(purpose, CloseReason.MANUAL))
     _guarded_update(trade, {"exit_quantity": trade.exit_quantity, "status": trade.status}, **values)
     # Stop-loss guard (issue 5, stop-loss engineer): shrink the broker-side stop to what is still held.
     from utils import stoploss
@@ -279,21 +279,55 @@ def close_trade(user, trade_id, reason: CloseReason = CloseReason.MANUAL) -> Tra
     trade = get_trade(user, trade_id)
     if reason in (CloseReason.MANUAL, CloseReason.EXPIRED) and trade.status == T.OPEN:
         orders.check_tradable_now(db.session.get(BrokerConnection, trade.broker_connection_id), trade.symbol)
-    try:
-        transition_trade(trade, T.CLOSING, close_reason=reason)
-    except InvalidTransition:
-        raise Conflict(f"The trade is {trade.status}; only an open trade can be closed.", code="trade.not_open",
-                       details={"status": str(trade.status)}) from None
-    # Withdraw the broker-side stop and any resting exit (a limit sell) first and record what they already
-    # filled: the market exit then covers exactly what is still held, never nothing and never twice.
-    from utils import stoploss
-    if stoploss.cancel_working_exits(trade):
+    if _claim_and_withdraw_exits(trade, reason):
         return trade
     remaining = closable_quantity(trade)
     if remaining > 0:
         purpose = {CloseReason.STOP_LOSS: OrderPurpose.STOP_LOSS,
                    CloseReason.TAKE_PROFIT: OrderPurpose.TAKE_PROFIT}.get(reason, OrderPurpose.EXIT)
         orders.create_exit_order(trade, remaining, purpose)
+    return trade
+
+
+def _claim_and_withdraw_exits(trade: Trade, reason: CloseReason) -> bool:
+    """Claim `open → closing` once, then withdraw the broker-side stop and any resting exit (a limit sell),
+    recording what they already filled, so what closes the rest covers exactly what is still held, never
+    nothing and never twice. True when those fills closed the trade. Raises Conflict (not open, an exit
+    still being sent) and BrokerUnavailable."""
+    try:
+        transition_trade(trade, T.CLOSING, close_reason=reason)
+    except InvalidTransition:
+        raise Conflict(f"The trade is {trade.status}; only an open trade can be closed.", code="trade.not_open",
+                       details={"status": str(trade.status)}) from None
+    from utils import stoploss
+    return stoploss.cancel_working_exits(trade)
+
+
+@dataclass(frozen=True)
+class _ExitOutside:
+    """The exit the user made at the broker directly, as a fill of no order of ours."""
+
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal = Decimal("0")
+    executed_at: datetime | None = None
+
+
+def record_closed_at_broker(user, trade_id, unsafe: dict) -> Trade:
+    """Record that the user closed an open trade at the broker directly (not through Tradewarden), at
+    `exit_price`. Its working exits are withdrawn first, the broker-side stop included, so nothing is left at
+    the broker to sell again; then the trade closes with reason `broker` and the realized P&L of that price.
+    No order is sent. Raises NotFound, ValidationFailed (exit_price), Conflict (not open, or an exit of ours
+    still being sent) and BrokerUnavailable (flushes; the caller commits)."""
+    exit_price = orders.parse_price(unsafe, "exit_price")
+    trade = get_trade(user, trade_id)
+    if _claim_and_withdraw_exits(trade, CloseReason.BROKER):  # an exit of ours filled it meanwhile
+        return trade
+    quantity = trade.quantity - trade.exit_quantity
+    _reduce(trade, OrderPurpose.EXIT, _ExitOutside(quantity, exit_price, executed_at=utcnow()))
+    audit.record("trade.closed_at_broker", user=user, details={
+        "trade_id": trade.id, "symbol": trade.symbol, "quantity": orders.decimal_text(quantity),
+        "exit_price": orders.decimal_text(exit_price)})
     return trade
 
 

@@ -32,6 +32,14 @@ def close(trade_id: int):
     return jsonify(trades.trade_to_dict(trade)), 202
 
 
+@bp.post(f"/trades/<{ID_RULE}:trade_id>/closed-at-broker")
+def closed_at_broker(trade_id: int):
+    from utils.api_auth import json_object_body
+    trade = trades.record_closed_at_broker(g.api_user, trade_id, json_object_body({"exit_price"}))
+    db.session.commit()
+    return jsonify(trades.trade_to_dict(trade))
+
+
 # Stop-loss guard (issue 5, stop-loss engineer): change an open trade's stop, trailing percent and take-profit.
 @bp.put(f"/trades/<{ID_RULE}:trade_id>/stop-loss")
 def update_stop_loss(trade_id: int):
@@ -129,6 +137,24 @@ OPENAPI_PATHS = {
             "summary": "Close an open trade with a market exit order (the worker executes it).",
             "responses": {"202": json_response("Closing: the exit order is queued.", ref("Trade")),
                           **error_responses(401, 404, 409, 422, 429, 503)},
+        },
+    },
+    "/trades/{trade_id}/closed-at-broker": {
+        "parameters": [_TRADE_ID],
+        "post": {
+            "tags": ["trades"], "operationId": "recordTradeClosedAtBroker",
+            "summary": "Record that you closed an open trade at the broker directly, at exit_price.",
+            "description": "For a position sold (or covered) outside Tradewarden. The trade's working exits, "
+                           "its broker-side stop included, are cancelled at the broker first; then the trade "
+                           "closes with close_reason 'broker' and the realized P&L of exit_price for all that "
+                           "is still held. No order is sent. 409 when the trade is not open or one of its exits "
+                           "is being sent.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["exit_price"],
+                "properties": {"exit_price": {"type": ["string", "number"],
+                                              "description": "The price per unit the broker paid (or charged)."}}}}}},
+            "responses": {"200": json_response("The closed trade.", ref("Trade")),
+                          **error_responses(400, 401, 404, 409, 413, 422, 429, 503)},
         },
     },
     # Stop-loss guard (issue 5, stop-loss engineer).

@@ -152,3 +152,25 @@ def test_the_dashboard_says_why_and_when(db, client, login, user, celery_worker,
     assert "Nothing to close" in html and trade.exit_retry_at.strftime("%H:%M") in html
     assert f"/trades/{trade.id}/stop-loss" in html
     assert "exit refused" in client.get("/trades").get_data(as_text=True)
+
+
+def test_a_position_sold_at_the_broker_is_recorded_and_the_retries_end(db, user, celery_worker, open_trade, set_price,
+                                                                      run_sweep, exit_orders):
+    from utils import trades
+    trade = open_trade("100", stop_loss_price="95")
+    sold_at_the_broker(db, trade)
+    set_price("AAPL", "94")
+    run_sweep()
+    refused(db, exit_orders, trade.id, 1)
+    trade = trades.record_closed_at_broker(user, trade.id, {"exit_price": "96.20"})
+    db.session.commit()
+    assert (trade.status, trade.close_reason, trade.exit_refusals, trade.exit_retry_at) == ("closed", "broker", 0, None)
+    assert stoploss_warnings(user) == []
+    let_the_wait_pass(db, trade.id)
+    assert run_sweep()["triggered"] == 0
+    assert len(exit_orders(trade.id)) == 1
+
+
+def stoploss_warnings(user) -> list:
+    from utils import stoploss
+    return stoploss.guard_status(user)["refused_exits"]

@@ -85,3 +85,15 @@ def wait_for_order(api, order_id: int, statuses: set[str], timeout: float = 20.0
 def market_buy(symbol: str = "AAPL", quantity: str = "10", **extra) -> dict:
     return {"symbol": symbol, "side": "buy", "quantity": quantity, "type": "market", "time_in_force": "day", **extra}
 
+
+
+def bought_with_resting_stop(api, symbol: str, quantity: str, stop_loss_price: str, **extra) -> dict:
+    """A market buy of `symbol`, filled, with its broker-side stop resting at the paper broker; returns the
+    trade's JSON."""
+    placed = api.post("/orders", json=market_buy(symbol, quantity, stop_loss_price=stop_loss_price, **extra))
+    assert placed.status_code == 202, placed.get_json()
+    trade_id = wait_for_order(api, placed.get_json()["id"], {"filled"})["trade_id"]
+    stop = wait_for(lambda: api.get("/orders").get_json()["items"], lambda items: len(items) == 2)[0]
+    assert stop["purpose"] == "stop_loss"
+    wait_for_order(api, stop["id"], {"submitted"})
+    return api.get(f"/trades/{trade_id}").get_json()

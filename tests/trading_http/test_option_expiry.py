@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from tests.market.conftest import age_the_price, let_expire
-from tests.trading_http.conftest import market_buy, wait_for, wait_for_order
+from tests.trading_http.conftest import bought_with_resting_stop, wait_for
 
 LIVE_CALL, EXPIRED_CALL = "AAPL301220C00150000", "AAPL240119C00150000"  # the same contract, before and after
 
@@ -23,13 +23,7 @@ def held_calls(api, set_price, **extra) -> dict:
     """Two live calls bought at market (about 5.00) with a broker-side stop at 2.00; then they expire."""
     set_price("AAPL", "180")
     set_price(LIVE_CALL, "5.00")
-    placed = api.post("/orders", json=market_buy(LIVE_CALL, "2", stop_loss_price="2.00", **extra))
-    assert placed.status_code == 202, placed.get_json()
-    trade_id = wait_for_order(api, placed.get_json()["id"], {"filled"})["trade_id"]
-    stop = wait_for(lambda: api.get("/orders").get_json()["items"], lambda items: len(items) == 2)[0]
-    assert stop["purpose"] == "stop_loss"
-    wait_for_order(api, stop["id"], {"submitted"})
-    return api.get(f"/trades/{trade_id}").get_json()
+    return bought_with_resting_stop(api, LIVE_CALL, "2", "2.00", **extra)
 
 
 def settled_trade(api, trade_id: int) -> dict:
