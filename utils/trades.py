@@ -41,9 +41,10 @@ PLACES = Decimal("0.0000000001")
 CLOSE_REASON_FOR_PURPOSE = {OrderPurpose.STOP_LOSS: CloseReason.STOP_LOSS,
                             OrderPurpose.TAKE_PROFIT: CloseReason.TAKE_PROFIT}
 # Closes Tradewarden starts on its own. When the broker refuses one (the position is gone, the symbol is
-# halted), the next waits: 2, 5, 15, 30, then every 60 minutes, instead of going again at every sweep.
+# halted), the next waits 2, 5, then every 15 minutes, instead of going again at every sweep. The wait stays
+# short because a refusal may pass (a halt lifts) and the position must not go unprotected for long.
 AUTOMATED_CLOSES = (CloseReason.STOP_LOSS, CloseReason.TAKE_PROFIT, CloseReason.EXPIRED)
-EXIT_RETRY_DELAYS = tuple(timedelta(minutes=minutes) for minutes in (2, 5, 15, 30, 60))
+EXIT_RETRY_DELAYS = tuple(timedelta(minutes=minutes) for minutes in (2, 5, 15))
 
 
 def _multiplier(trade: Trade) -> Decimal:

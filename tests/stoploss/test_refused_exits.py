@@ -1,6 +1,6 @@
 """An automatic exit the broker refuses (here: the position is no longer at the paper broker, as when it was
-sold at the broker directly) hands the trade back to `open` and makes the next automatic exit wait 2, 5, 15,
-30, then 60 minutes, instead of sending the same refused order at every sweep. The user sees why on the
+sold at the broker directly) hands the trade back to `open` and makes the next automatic exit wait 2, 5, then
+15 minutes, instead of sending the same refused order at every sweep. The user sees why on the
 dashboard; saving the trade's protection, or an exit the broker takes, ends the wait."""
 from __future__ import annotations
 
@@ -76,9 +76,9 @@ def test_a_refused_stop_loss_exit_is_not_sent_again_at_every_sweep(db, user, cel
     assert shown["exit_refusals"] == 2 and shown["exit_retry_at"].endswith("Z")
 
 
-def test_the_wait_grows_to_an_hour_and_stays_there():
+def test_the_wait_grows_to_a_quarter_of_an_hour_and_stays_there():
     from utils.trades import exit_retry_delay
-    assert [exit_retry_delay(n) for n in range(1, 8)] == [timedelta(minutes=m) for m in (2, 5, 15, 30, 60, 60, 60)]
+    assert [exit_retry_delay(n) for n in range(1, 6)] == [timedelta(minutes=m) for m in (2, 5, 15, 15, 15)]
 
 
 def test_saving_the_protection_ends_the_wait(db, user, celery_worker, open_trade, set_price, run_sweep,
