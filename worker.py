@@ -174,9 +174,18 @@ def settle_expired_options() -> int:
     return trade_service.settle_expired_options(commit=db.session.commit)
 
 
+@shared_task(name=jobs.POSITIONS_CHECK)
+def check_positions() -> dict:
+    """Beat: compare each linked broker's positions with the open trades on that link (read only)."""
+    from utils import position_check
+    return position_check.check_all()
+
+
 BEAT_SCHEDULE["orders-sync"] = {"task": jobs.ORDERS_SYNC, "schedule": 2.0}
 BEAT_SCHEDULE["orders-recover"] = {"task": jobs.ORDERS_RECOVER, "schedule": 15.0}
 BEAT_SCHEDULE["trades-settle-expired"] = {"task": jobs.TRADES_SETTLE_EXPIRED, "schedule": 60.0}
+BEAT_SCHEDULE["positions-check"] = {"task": jobs.POSITIONS_CHECK,
+                                    "schedule": float(flask_app.config["POSITION_CHECK_SECONDS"])}
 
 
 

@@ -7,7 +7,7 @@ from flask import Blueprint, render_template
 from flask_login import current_user, login_required
 
 from routes.orders import OPEN_STATUSES
-from utils import orders, stoploss, trades
+from utils import orders, position_check, stoploss, trades
 from utils.errors import DomainError
 
 bp = Blueprint("dashboard", __name__)
@@ -28,4 +28,5 @@ def index():
         broker_problem = error.message
     return render_template("dashboard.html", account=account, positions=positions, recent_orders=recent,
                            broker_problem=broker_problem, open_statuses=OPEN_STATUSES,
-                           stoploss_guard=stoploss.guard_status(current_user))  # stop-loss guard card (issue 5)
+                           stoploss_guard=stoploss.guard_status(current_user),  # stop-loss guard card (issue 5)
+                           position_shortfalls=position_check.warnings_for(current_user))

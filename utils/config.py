@@ -184,6 +184,7 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "").strip() or redis_db_url(redis_url, 2),
         "PUBLIC_BASE_URL": _public_base_url(env),
         "STOPLOSS_INTERVAL_SECONDS": _int(env, "STOPLOSS_INTERVAL_SECONDS", 60, minimum=1),
+        "POSITION_CHECK_SECONDS": _int(env, "POSITION_CHECK_SECONDS", 300, minimum=30),
         "STOPLOSS_BROKER_STOPS": _bool(env, "STOPLOSS_BROKER_STOPS", True),
         "MARKET_DATA_SOURCE": _choice(env, "MARKET_DATA_SOURCE", "simulated", ("simulated", "manual", "schwab")),
         "QUOTE_CACHE_TTL_SECONDS": _int(env, "QUOTE_CACHE_TTL_SECONDS", 5, minimum=1),

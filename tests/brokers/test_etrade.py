@@ -211,3 +211,11 @@ def test_an_order_beyond_the_first_page_of_the_listing_is_still_found_by_its_cli
     found = etrade.find_order_by_client_id(request.client_order_id)
     assert found is not None and found.broker_order_id == target.broker_order_id
     assert etrade.place_order(request).broker_order_id == target.broker_order_id  # no second order
+
+
+def test_positions_carry_our_symbols_and_an_option_its_occ_symbol(etrade):
+    positions = {position.symbol: position for position in etrade.get_positions()}
+    assert set(positions) == {"AAPL", "AAPL240621C00192500"}  # an OPTN product names only its underlying
+    assert (positions["AAPL"].asset_type, positions["AAPL"].quantity) == ("equity", Decimal("20"))
+    option = positions["AAPL240621C00192500"]
+    assert (option.asset_type, option.quantity) == ("option", Decimal("-3"))

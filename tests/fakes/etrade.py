@@ -239,7 +239,11 @@ def create_app() -> Flask:
         return jsonify({"PortfolioResponse": {"AccountPortfolio": [{"accountId": ACCOUNTS[0]["accountId"], "Position": [
             {"symbolDescription": "AAPL", "quantity": 20, "positionType": "LONG", "pricePaid": 150.0,
              "marketValue": 3800.0, "Product": {"symbol": "AAPL", "securityType": "EQ"},
-             "Quick": {"lastTrade": 190.0}}]}]}})
+             "Quick": {"lastTrade": 190.0}},
+            {"symbolDescription": "AAPL Jun 21 '24 $192.50 Call", "quantity": 3, "positionType": "SHORT",
+             "pricePaid": 4.1, "marketValue": -1230.0,
+             "Product": {"symbol": "AAPL", "securityType": "OPTN", "callPut": "CALL", "expiryYear": 2024,
+                         "expiryMonth": 6, "expiryDay": 21, "strikePrice": 192.5}}]}]}})
 
     @app.post("/v1/accounts/<key>/orders/preview.json")
     def preview(key):

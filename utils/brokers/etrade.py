@@ -306,11 +306,25 @@ class ETradeBroker(Broker):
 
     def get_positions(self) -> list[Position]:
         body = self._call("GET", f"{self._base}/portfolio.json")
-        return [Position(symbol=p["Product"]["symbol"], asset_type="equity",
+        return [Position(symbol=_our_symbol(p["Product"]), asset_type=_asset_type(p["Product"]),
                          quantity=Decimal(str(p["quantity"])) * (-1 if p.get("positionType") == "SHORT" else 1),
                          average_price=Decimal(str(p.get("pricePaid", 0))),
                          market_price=Decimal(str(p["Quick"]["lastTrade"])) if p.get("Quick") else None)
                 for account in body["PortfolioResponse"]["AccountPortfolio"] for p in account.get("Position", [])]
+
+
+def _asset_type(product: dict) -> str:
+    return "option" if product.get("securityType") == "OPTN" else "equity"
+
+
+def _our_symbol(product: dict) -> str:
+    """E*TRADE's Product in our symbol: the ticker, or for an option (securityType OPTN, which names only the
+    underlying) the OCC symbol built from its expiry, call/put and strike."""
+    if _asset_type(product) != "option":
+        return product["symbol"]
+    expiry = f"{int(product['expiryYear']) % 100:02d}{int(product['expiryMonth']):02d}{int(product['expiryDay']):02d}"
+    strike = int(Decimal(str(product["strikePrice"])) * 1000)
+    return f"{product['symbol']}{expiry}{str(product['callPut'])[0].upper()}{strike:08d}"
 
 
 def _action(request: OrderRequest) -> str:
