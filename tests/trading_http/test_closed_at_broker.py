@@ -40,11 +40,14 @@ def test_a_trade_closed_at_the_broker_is_recorded_at_its_price_and_its_stop_canc
     assert event.details["exit_price"] == "104.5" and event.details["quantity"] == "10"
 
 
-def test_a_short_closed_at_the_broker_gains_when_covered_lower(db, api, set_price, celery_worker):
+def test_a_short_closed_at_the_broker_gains_when_covered_lower(db, client, login, user, api, set_price,
+                                                             celery_worker):
     set_price("AAPL", "100")
     placed = api.post("/orders", json={**market_buy("AAPL", "5"), "side": "sell", "instruction": "SELL_SHORT"})
     trade_id = wait_for_order(api, placed.get_json()["id"], {"filled"})["trade_id"]
     opened = api.get(f"/trades/{trade_id}").get_json()
+    login(user)
+    assert "Bought back 5 AAPL at the broker yourself?" in client.get("/trades").get_data(as_text=True)
     trade = api.post(f"/trades/{trade_id}/closed-at-broker", json={"exit_price": 95}).get_json()
     entry, fees = Decimal(opened["entry_price"]), Decimal(opened["fees"])
     assert Decimal(trade["realized_pnl"]) == (entry - Decimal(95)) * 5 - fees > 0
@@ -77,7 +80,7 @@ def test_the_trades_page_form(db, client, login, user, api, set_price, celery_wo
     opened = guarded_long(api, set_price)
     login(user)
     page = client.get("/trades").get_data(as_text=True)
-    assert f"/trades/{opened['id']}/closed-at-broker" in page and "Closed at broker" in page
+    assert f"/trades/{opened['id']}/closed-at-broker" in page and "Sold 10 AAPL at the broker yourself?" in page
     refused = client.post(f"/trades/{opened['id']}/closed-at-broker",
                           data={"csrf_token": csrf_token_from(page), "exit_price": "nope"}, follow_redirects=True)
     assert "exit_price must be a number" in refused.get_data(as_text=True)
