@@ -348,14 +348,17 @@ def refused_exits(user) -> list[dict]:
     """The user's open trades whose last automated exit the broker refused: why, and when the next goes."""
     rows = db.session.execute(select(Trade.id, Trade.symbol, Trade.exit_refusals, Trade.exit_retry_at).where(
         Trade.user_id == user.id, Trade.status == TradeStatus.OPEN, Trade.exit_refusals > 0).order_by(Trade.id)).all()
+    reasons = _last_refusals([row[0] for row in rows]) if rows else {}
     return [{"trade_id": trade_id, "symbol": symbol, "refusals": refusals, "retry_at": retry_at,
-             "reason": _last_refusal(trade_id)} for trade_id, symbol, refusals, retry_at in rows]
+             "reason": reasons.get(trade_id)} for trade_id, symbol, refusals, retry_at in rows]
 
 
-def _last_refusal(trade_id: int) -> str | None:
-    return db.session.scalar(select(Order.reject_reason).where(
-        Order.trade_id == trade_id, Order.purpose != OrderPurpose.ENTRY, Order.status == S.REJECTED)
-        .order_by(Order.id.desc()).limit(1))
+def _last_refusals(trade_ids: list[int]) -> dict[int, str | None]:
+    """The broker's reason for the latest refused exit of each trade, in one query."""
+    rows = db.session.execute(select(Order.trade_id, Order.reject_reason).where(
+        Order.trade_id.in_(trade_ids), Order.purpose != OrderPurpose.ENTRY, Order.status == S.REJECTED)
+        .order_by(Order.id))
+    return dict(rows.all())  # ordered by id: each trade keeps its latest
 
 
 class SweepCollector:
