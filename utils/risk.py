@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, time, timezone
 from decimal import Decimal, InvalidOperation
+from time import monotonic
 
 import redis as redis_lib
 from flask import current_app
@@ -129,12 +130,19 @@ def cache_redis() -> redis_lib.Redis:
 
 @contextlib.contextmanager
 def user_lock(user_id: int, purpose: str = "orders"):
-    """Hold the per-user Redis lock; raises Conflict if busy, DependencyUnavailable if Redis is down."""
-    lock = cache_redis().lock(f"tradewarden:lock:{purpose}:{user_id}", timeout=LOCK_TIMEOUT_SECONDS,
-                              blocking_timeout=LOCK_WAIT_SECONDS, sleep=LOCK_POLL_SECONDS)
-    with locks.holding(lock, unavailable=DependencyUnavailable("Orders are paused: the lock service is unavailable."),
-                       busy=Conflict("Another order of yours is being placed; try again.", code="orders.busy")):
-        yield
+    """Hold the per-user Redis lock; raises Conflict if busy, DependencyUnavailable if Redis is down.
+
+    Threads of this process wanting the same lock first wait their turn in-process (`locks.taking_turns`);
+    the whole wait is at most LOCK_WAIT_SECONDS."""
+    name = f"tradewarden:lock:{purpose}:{user_id}"
+    busy = Conflict("Another order of yours is being placed; try again.", code="orders.busy")
+    deadline = monotonic() + LOCK_WAIT_SECONDS
+    with locks.taking_turns(name, LOCK_WAIT_SECONDS, busy=busy):
+        lock = cache_redis().lock(name, timeout=LOCK_TIMEOUT_SECONDS, sleep=LOCK_POLL_SECONDS,
+                                  blocking_timeout=max(0.0, deadline - monotonic()))
+        with locks.holding(lock, busy=busy,
+                           unavailable=DependencyUnavailable("Orders are paused: the lock service is unavailable.")):
+            yield
 
 
 # --- the checks ---------------------------------------------------------------------------------
