@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import event, select
 
+from utils.dbtypes import register_exact_sums
 from utils.errors import NotFound
 from utils.extensions import db
 
@@ -22,7 +23,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def init_app(app) -> None:
-    """Set a busy timeout (always) and WAL with synchronous=NORMAL (outside tests) on new SQLite connections.
+    """On new SQLite connections: the exact sums (utils.dbtypes) and a busy timeout (always), and WAL with
+    synchronous=NORMAL (outside tests).
 
     Tests keep the rollback journal: their fixtures copy a template database file, and in WAL mode
     the freshly migrated schema would still sit in the separate -wal file.
@@ -36,6 +38,7 @@ def init_app(app) -> None:
 
 
 def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
+    register_exact_sums(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -44,6 +47,7 @@ def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
+    register_exact_sums(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -70,3 +74,4 @@ def owned_row(model, user, row_id, message: str, code: str = "not_found"):
     if row is None:
         raise NotFound(message, code=code)
     return row
+
