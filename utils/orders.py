@@ -30,7 +30,7 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import LARGEST_ROW_ID, owned_row
+from utils.database import LARGEST_ROW_ID, guarded_update, insert_row, owned_row
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -428,15 +428,11 @@ def transition(order: Order, new_status: OrderStatus, detail: str | None = None,
     if new_status in TERMINAL:
         values.setdefault("completed_at", utcnow())
     values.update(status=new_status, updated_at=utcnow())
-    changed = db.session.execute(
-        update(Order).where(Order.id == order.id, Order.status == old_status).values(**values)
-        .execution_options(synchronize_session=False)).rowcount
-    if changed != 1:
+    if guarded_update(Order, order.id, {"status": old_status}, values) != 1:
         raise InvalidTransition("The order changed meanwhile.", details={"from": old_status.value,
                                                                           "to": new_status.value})
-    db.session.add(OrderEvent(order_id=order.id, from_status=old_status, to_status=new_status,
-                              detail=(detail or None) and detail[:255]))
-    db.session.flush()
+    insert_row(OrderEvent, {"order_id": order.id, "from_status": old_status, "to_status": new_status,
+                            "detail": (detail or None) and detail[:255]})
     _written(order, values)
 
 
@@ -945,12 +941,8 @@ def _add_to_totals(order: Order, previous: list[Fill], fill: Fill) -> None:
     new_filled = order.filled_quantity + fill.quantity
     values = {"filled_quantity": new_filled, "fees": order.fees + fill.fee,
               "average_fill_price": average_price(all_fills), "updated_at": utcnow()}
-    changed = db.session.execute(
-        update(Order).where(Order.id == order.id, Order.filled_quantity == order.filled_quantity).values(**values)
-        .execution_options(synchronize_session=False)).rowcount
-    if changed != 1:
+    if guarded_update(Order, order.id, {"filled_quantity": order.filled_quantity}, values) != 1:
         raise Conflict("The order's fills changed meanwhile.", code="order.concurrent_fill")
-    db.session.flush()
     _written(order, values)
 
 

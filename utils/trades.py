@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (AssetType, Broker, BrokerConnection, CloseReason, Order, OrderPurpose, OrderStatus, Trade,
                     TradeSide, TradeStatus, User)
 from utils import audit, market_data, orders, risk
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import owned_row
+from utils.database import guarded_update, owned_row
 from utils.errors import Conflict, DomainError, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -65,13 +65,9 @@ def transition_trade(trade: Trade, new_status: TradeStatus, **values) -> None:
 
 
 def _guarded_update(trade: Trade, expected: dict, **values) -> None:
-    conditions = [getattr(Trade, name) == value for name, value in expected.items()]
     values["updated_at"] = utcnow()
-    changed = db.session.execute(update(Trade).where(Trade.id == trade.id, *conditions).values(**values)
-                                 .execution_options(synchronize_session=False)).rowcount
-    if changed != 1:
+    if guarded_update(Trade, trade.id, expected, values) != 1:
         raise InvalidTransition("The trade changed meanwhile.", details={"trade_id": trade.id})
-    db.session.flush()
     for name, value in values.items():
         set_committed_value(trade, name, value)
 

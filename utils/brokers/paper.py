@@ -30,6 +30,7 @@ from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, Conne
                     PaperFill, PaperOrder, PaperPosition)
 from utils import market_data
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
+from utils.database import guarded_update, insert_row
 from utils.dbtypes import utcnow
 from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
 from utils.extensions import db
@@ -540,11 +541,7 @@ def _day_is_over(order: PaperOrder) -> bool:
 def _claim(order: PaperOrder, **values) -> bool:
     """Write `values` only if nobody changed the order since we read it (version check)."""
     values = {"version": order.version + 1, "updated_at": utcnow(), **values}
-    result = db.session.execute(
-        update(PaperOrder).where(PaperOrder.id == order.id, PaperOrder.version == order.version,
-                                 PaperOrder.status.in_(OPEN_STATUSES))
-        .values(**values).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    if guarded_update(PaperOrder, order.id, {"version": order.version, "status": OPEN_STATUSES}, values) != 1:
         db.session.expire(order)
         return False
     for name, value in values.items():  # the row now holds exactly this: no need to read it back
@@ -566,14 +563,20 @@ def _fill(account: PaperAccount, order: PaperOrder, quantity: Decimal, price: De
     if not _claim(order, **values):
         log.info("paper order %s changed under us; not filling", order_id)
         return None
-    fill = PaperFill(order_id=order_id, execution_id=str(uuid.uuid4()), quantity=quantity, price=price,
-                     fee=fee, executed_at=now)
-    db.session.add(fill)
+    execution = {"order_id": order_id, "execution_id": str(uuid.uuid4()), "quantity": quantity, "price": price,
+                 "fee": fee, "executed_at": now}
+    fill = PaperFill(id=insert_row(PaperFill, execution), **execution)  # what was written; not in the session
     notional = quantity * price * market_data.multiplier_for(asset_type)
-    account.cash = account.cash - notional - fee if side == "buy" else account.cash + notional - fee
+    _set_cash(account, account.cash - notional - fee if side == "buy" else account.cash + notional - fee)
     _apply_to_position(account.id, symbol, asset_type, quantity if side == "buy" else -quantity, price)
     db.session.flush()
     return fill
+
+
+def _set_cash(account: PaperAccount, cash: Decimal) -> None:
+    """Write the account's new cash (its row is locked by the caller) and show it on the loaded account."""
+    guarded_update(PaperAccount, account.id, {}, {"cash": cash})
+    set_committed_value(account, "cash", cash)
 
 
 def _apply_to_position(account_id: int, symbol: str, asset_type: str, signed: Decimal, price: Decimal) -> None:
