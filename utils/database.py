@@ -11,7 +11,6 @@ import functools
 
 from sqlalchemy import bindparam, event, insert, select, update
 
-from utils.dbtypes import register_exact_sums
 from utils.errors import NotFound
 from utils.extensions import db
 
@@ -26,8 +25,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def init_app(app) -> None:
-    """On new SQLite connections: the exact sums (utils.dbtypes) and a busy timeout (always), and WAL with
-    synchronous=NORMAL (outside tests).
+    """Set a busy timeout (always) and WAL with synchronous=NORMAL (outside tests) on new SQLite connections.
 
     Tests keep the rollback journal: their fixtures copy a template database file, and in WAL mode
     the freshly migrated schema would still sit in the separate -wal file.
@@ -41,7 +39,6 @@ def init_app(app) -> None:
 
 
 def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
-    register_exact_sums(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -50,7 +47,6 @@ def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
-    register_exact_sums(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")

@@ -1,13 +1,10 @@
-"""Column types shared by the models and the migrations: exact decimals and UTC datetimes; and exact sums
-of those decimals computed in the database (`exact_sum`, `exact_value_sum`)."""
+"""Column types shared by the models and the migrations: exact decimals and UTC datetimes."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy import DateTime, Numeric, String
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import TypeDecorator
 
 
@@ -69,69 +66,3 @@ class ExactDecimal(TypeDecorator):
         # NUMERIC(28, 10) pads every value to ten places: give it back as SQLite's canonical text does
         # ("190.25", not "190.2500000000"), so values read the same on either database.
         return Decimal(format(value.normalize(), "f"))
-
-
-# --- exact sums in the database ---------------------------------------------------------------------
-# SQLite keeps ExactDecimal as text and its SUM() would add them as floats, so there the sums are two
-# aggregate functions of our own, registered on every connection (register_exact_sums), that add Decimals.
-# PostgreSQL adds NUMERIC exactly: there they are plain SUM(). Either way one row comes back instead of
-# every row summed in Python.
-
-class exact_sum(GenericFunction):  # noqa: N801 (SQL function names are lower case)
-    """SUM(value) of an ExactDecimal column, exact on every database; NULL when no row counts."""
-
-    type = ExactDecimal()
-    inherit_cache = True
-
-
-class exact_value_sum(GenericFunction):  # noqa: N801
-    """SUM((quantity - less) * price * multiplier), exact on every database: a value held by rows whose
-    `quantity - less` units are worth `price` times `multiplier` each (a NULL price counts as 0)."""
-
-    type = ExactDecimal()
-    inherit_cache = True
-
-
-@compiles(exact_sum)
-def _sum(element, compiler, **kw) -> str:
-    return f"sum({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(exact_value_sum)
-def _value_sum(element, compiler, **kw) -> str:
-    quantity, less, price, multiplier = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"sum(({quantity} - {less}) * {price} * {multiplier})"
-
-
-@compiles(exact_sum, "sqlite")
-@compiles(exact_value_sum, "sqlite")
-def _sqlite_aggregate(element, compiler, **kw) -> str:
-    return f"tw_{element.name}({compiler.process(element.clauses, **kw)})"
-
-
-def _decimal_or_zero(value) -> Decimal:
-    return Decimal(0) if value is None else Decimal(value)
-
-
-class _ExactSum:
-    def __init__(self):
-        self.total = None
-
-    def step(self, value) -> None:
-        if value is not None:
-            self.total = _decimal_or_zero(self.total) + Decimal(value)
-
-    def finalize(self) -> str | None:
-        return None if self.total is None else format(self.total.normalize(), "f")
-
-
-class _ExactValueSum(_ExactSum):
-    def step(self, quantity, less, price, multiplier) -> None:  # noqa: D102
-        self.total = _decimal_or_zero(self.total) + (
-            (Decimal(quantity) - _decimal_or_zero(less)) * _decimal_or_zero(price) * Decimal(multiplier))
-
-
-def register_exact_sums(dbapi_connection) -> None:
-    """Make `exact_sum` and `exact_value_sum` available on a new SQLite connection."""
-    dbapi_connection.create_aggregate("tw_exact_sum", 1, _ExactSum)
-    dbapi_connection.create_aggregate("tw_exact_value_sum", 4, _ExactValueSum)

@@ -17,11 +17,11 @@ from time import monotonic
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import and_, bindparam, case, func, or_, select, type_coerce, union_all
+from sqlalchemy import and_, bindparam, func, or_, select, type_coerce, union_all
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
 from utils import locks
-from utils.dbtypes import ExactDecimal, exact_sum, exact_value_sum, utcnow
+from utils.dbtypes import ExactDecimal, utcnow
 from utils.errors import Conflict, DependencyUnavailable, RiskLimitExceeded, ValidationFailed
 from utils.extensions import db
 
@@ -238,24 +238,14 @@ def _trade_totals_query():
     """The query of `_trade_totals`, built once: user_id, symbol and day_start are bound per call.
 
     Its two halves are each one index range (user and status; user and close time), so it reads only the
-    trades that count, however many the user has closed before; the database adds them up (exactly), so
-    one row comes back however many trades count."""
+    trades that count, however many the user has closed before."""
     open_statuses = Trade.status.in_(OPEN_TRADE_STATUSES)
-    columns = (Trade.quantity, Trade.exit_quantity, Trade.entry_price, _multiplier_of(Trade.asset_type),
-               Trade.realized_pnl, (~open_statuses).label("closed_today"))
+    columns = (Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type, Trade.realized_pnl,
+               (~open_statuses).label("closed_today"))
     user = Trade.user_id == bindparam("user_id")
     closed_today = and_(Trade.closed_at >= bindparam("day_start"), Trade.realized_pnl.is_not(None))
-    counted = union_all(select(*columns).where(user, open_statuses, Trade.symbol == bindparam("symbol")),
-                        select(*columns).where(user, closed_today, ~open_statuses)).subquery()
-    row = counted.c
-    return select(exact_sum(row.realized_pnl).filter(row.closed_today),
-                  exact_value_sum(row.quantity, row.exit_quantity, row.entry_price, row.multiplier)
-                  .filter(~row.closed_today))
-
-
-def _multiplier_of(asset_type_column):
-    """The contract multiplier of each row, in SQL (100 for options), labelled `multiplier`."""
-    return case((asset_type_column == "option", 100), else_=1).label("multiplier")
+    return union_all(select(*columns).where(user, open_statuses, Trade.symbol == bindparam("symbol")),
+                     select(*columns).where(user, closed_today, ~open_statuses))
 
 
 TRADE_TOTALS = _trade_totals_query()
@@ -263,9 +253,16 @@ TRADE_TOTALS = _trade_totals_query()
 
 def _trade_totals(user_id: int, symbol: str) -> tuple[Decimal, Decimal]:
     """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query."""
-    realized, exposure = db.session.execute(TRADE_TOTALS, {"user_id": user_id, "symbol": symbol,
-                                                          "day_start": start_of_day()}).one()
-    return realized or Decimal("0"), exposure or Decimal("0")
+    rows = db.session.execute(TRADE_TOTALS, {"user_id": user_id, "symbol": symbol, "day_start": start_of_day()})
+    realized = exposure = Decimal("0")
+    for quantity, exited, entry, asset_type, pnl, is_closed_today in rows:
+        realized += pnl if is_closed_today else 0
+        exposure += 0 if is_closed_today else (quantity - exited) * (entry or 0) * _multiplier(asset_type)
+    return realized, exposure
+
+
+def _multiplier(asset_type) -> Decimal:
+    return Decimal("100") if str(asset_type) == "option" else Decimal("1")
 
 
 @dataclass(frozen=True)
@@ -289,24 +286,18 @@ def _order_totals_query():
 
     Its two halves are each one index range: the user's working orders (user and status), and their other
     orders placed today (user and creation time). Without the split it read every order the user ever
-    placed, so each new order took longer as the account's history grew. The database adds the rows up
-    (exactly), so one row comes back however many orders count."""
+    placed, so each new order took longer as the account's history grew."""
     entry = Order.purpose == OrderPurpose.ENTRY
     working = Order.status.in_(WORKING_STATUSES)
     unsent = and_(entry, Order.status.in_(UNSENT_STATUSES))
     working_here = and_(entry, Order.symbol == bindparam("symbol"), working)
     today = and_(Order.created_at >= bindparam("day_start"), Order.status.not_in(REFUSED_STATUSES),
                  Order.replaces_order_id.is_(None))
-    columns = (Order.quantity, Order.filled_quantity, _multiplier_of(Order.asset_type), UNIT_PRICE.label("price"),
-               unsent.label("unsent"), working_here.label("working_here"), today.label("today"))
+    columns = (Order.quantity, Order.filled_quantity, Order.asset_type, UNIT_PRICE, unsent.label("unsent"),
+               working_here.label("working_here"), today.label("today"))
     mine = (Order.user_id == bindparam("user_id"), Order.id != bindparam("exclude_id"))
-    counted = union_all(select(*columns).where(*mine, working, or_(unsent, working_here, today)),
-                        select(*columns).where(*mine, today, ~working)).subquery()
-    row = counted.c
-    unfilled_value = exact_value_sum(row.quantity, row.filled_quantity, row.price, row.multiplier)
-    return select(unfilled_value.filter(row.unsent), unfilled_value.filter(row.working_here),
-                  func.count().filter(row.today),
-                  exact_value_sum(row.quantity, 0, row.price, row.multiplier).filter(row.today))
+    return union_all(select(*columns).where(*mine, working, or_(unsent, working_here, today)),
+                     select(*columns).where(*mine, today, ~working))
 
 
 ORDER_TOTALS = _order_totals_query()
@@ -315,10 +306,17 @@ ORDER_TOTALS = _order_totals_query()
 def _order_totals(user_id: int, symbol: str, exclude_order_id: int | None) -> OrderTotals:
     """The user's OrderTotals (leaving out order `exclude_order_id`) from one query over the orders that
     count toward any of them."""
-    unsent, working_here, count_today, notional_today = db.session.execute(ORDER_TOTALS, {
-        "user_id": user_id, "symbol": symbol, "day_start": start_of_day(), "exclude_id": exclude_order_id or 0}).one()
-    zero = Decimal("0")
-    return OrderTotals(unsent or zero, working_here or zero, count_today, notional_today or zero)
+    rows = db.session.execute(ORDER_TOTALS, {"user_id": user_id, "symbol": symbol, "day_start": start_of_day(),
+                                             "exclude_id": exclude_order_id or 0})
+    unsent_notional = working_notional = notional_today = Decimal("0")
+    count_today = 0
+    for quantity, filled, asset_type, price, is_unsent, is_working_here, is_today in rows:
+        unit = (price or 0) * _multiplier(asset_type)
+        unsent_notional += (quantity - filled) * unit if is_unsent else 0
+        working_notional += (quantity - filled) * unit if is_working_here else 0
+        count_today += 1 if is_today else 0
+        notional_today += quantity * unit if is_today else 0
+    return OrderTotals(unsent_notional, working_notional, count_today, notional_today)
 
 
 def _text(value) -> str:
