@@ -9,6 +9,10 @@ A user and an API key are created directly in the database. Two phases:
 2. paced: orders at 50 per second; p99 submit-to-filled latency;
 3. burst: 10 orders of one user sent at once, until all are answered (`same_user_burst_ms`, median of 6).
 
+The peer, measured first in the same run: the bare frame of benchmarks/floor/app.py (the same gunicorn and
+Celery workers, one INSERT, one task and one UPDATE per order, nothing else) under the throughput phase's
+load: `floor_orders_per_second`, and `share_of_floor` = orders_per_second / floor_orders_per_second.
+
 The fill time is the order's `completed_at` in the database (same clock as the client). Last, one more
 order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`),
 and the API's CPU time per order for a user with no history and after 100,000 old orders
@@ -83,9 +87,7 @@ class Stack:
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
 
     def start(self) -> None:
-        self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(self.directory)])
-        wait_port(self.redis_port)
+        self._start_redis()
         subprocess.run([str(BIN / "flask"), "--app", "main", "db", "upgrade"], cwd=ROOT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._spawn("web", [str(BIN / "gunicorn"), "--config", "python:utils.gunicorn_conf",
@@ -93,6 +95,11 @@ class Stack:
         self._spawn("worker", [str(BIN / "celery"), "-A", "worker", "worker", "-Q", "orders,default",
                                "-c", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
         wait_port(self.web_port)
+
+    def _start_redis(self) -> None:
+        self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(self.directory)])
+        wait_port(self.redis_port)
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.directory / f"{name}.log", "wb")
@@ -108,6 +115,50 @@ class Stack:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+class FloorStack(Stack):
+    """The peer: the bare frame of benchmarks/floor/app.py (one INSERT, one Celery task, one UPDATE per order)
+    on its own redis-server and SQLite file, with the same gunicorn workers and Celery worker processes."""
+
+    def start(self) -> None:
+        self._start_redis()
+        self.env.update(FLOOR_DATABASE=str(self.directory / "floor.db"), FLOOR_REDIS_URL=self.env["REDIS_URL"])
+        os.environ.update(FLOOR_DATABASE=self.env["FLOOR_DATABASE"], FLOOR_REDIS_URL=self.env["FLOOR_REDIS_URL"])
+        from benchmarks.floor import app as floor
+        floor.create_schema()
+        self.database = floor.engine
+        self._spawn("floor-web", [str(BIN / "gunicorn"), "-k", "gthread", "-w", self.env["WEB_CONCURRENCY"],
+                                  "--threads", self.env["WEB_THREADS"], "--bind", f"127.0.0.1:{self.web_port}",
+                                  "benchmarks.floor.app:app"])
+        self._spawn("floor-worker", [str(BIN / "celery"), "-A", "benchmarks.floor.app:celery", "worker", "-Q", "orders",
+                                     "-c", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+        wait_port(self.web_port)
+
+
+def floor_orders_per_second(directory: Path) -> float:
+    """Orders/s of the bare frame under the throughput phase's load (same clients, same order count)."""
+    from sqlalchemy import text
+    stack = FloorStack(directory)
+    try:
+        stack.start()
+        client = Client(f"http://127.0.0.1:{stack.web_port}", ["floor"])
+        for number in range(20):
+            client.place(number, "warmup")
+        started = time.time()
+        with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            list(pool.map(lambda n: client.place(n, "tp"), range(THROUGHPUT_ORDERS)))
+        deadline = time.monotonic() + FILL_DEADLINE_SECONDS
+        with stack.database.connect() as connection:
+            while time.monotonic() < deadline and connection.execute(
+                    text("SELECT count(*) FROM orders WHERE status = 'pending'")).scalar():
+                time.sleep(0.1)
+            finished, filled = connection.execute(text("SELECT max(completed_at), count(*) FROM orders "
+                                                       "WHERE status = 'filled' AND client_order_id LIKE 'tp-%'")).one()
+        print(f"floor (bare frame): {filled} of {THROUGHPUT_ORDERS} filled after {finished - started:.2f}s")
+        return round(filled / (finished - started), 1)
+    finally:
+        stack.stop()
 
 
 def prepare_accounts(app, count: int) -> list[str]:
@@ -361,6 +412,8 @@ def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
 
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="tw-bench-orders-"))
+    (directory / "floor").mkdir()
+    floor = floor_orders_per_second(directory / "floor")
     stack = Stack(directory)
     try:
         stack.start()
@@ -380,6 +433,8 @@ def main() -> None:
         figures.update(statements_per_order(stack.env["REDIS_URL"], keys[0]))
         figures.update(placement_with_history(stack.env["REDIS_URL"], app, f"bench{BENCH_USERS}@example.com",
                                               prepare_account(app, BENCH_USERS)))
+        figures["floor_orders_per_second"] = floor
+        figures["share_of_floor"] = round(figures["orders_per_second"] / floor, 3)
         if client.errors:
             print(f"first errors: {client.errors[:3]}")
     finally:
