@@ -17,7 +17,8 @@ from time import monotonic
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import and_, bindparam, func, or_, select, type_coerce, union_all
+from sqlalchemy import and_, bindparam, case, func, or_, select, type_coerce, union_all
+from sqlalchemy.types import NullType
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
 from utils import locks
@@ -234,14 +235,32 @@ def realized_pnl_today(user_id: int) -> Decimal:
     return sum(values, Decimal("0"))
 
 
+def _raw(column, name: str):
+    """`column` read as the driver gives it, without SQLAlchemy's per-value conversion (see _exact): the totals
+    read every order and trade of the user's day, and that conversion was two thirds of their time."""
+    return type_coerce(column, NullType()).label(name)
+
+
+def _exact(value) -> Decimal:
+    """A decimal read raw: SQLite's canonical text, or PostgreSQL's NUMERIC padded to ten places (normalized,
+    as ExactDecimal reads it)."""
+    return Decimal(value) if isinstance(value, str) else value.normalize()
+
+
+def _multiplier_of(asset_type_column):
+    """The contract multiplier of each row, in SQL: 100 for options, else 1."""
+    return _raw(case((asset_type_column == "option", 100), else_=1), "multiplier")
+
+
 def _trade_totals_query():
     """The query of `_trade_totals`, built once: user_id, symbol and day_start are bound per call.
 
     Its two halves are each one index range (user and status; user and close time), so it reads only the
     trades that count, however many the user has closed before."""
     open_statuses = Trade.status.in_(OPEN_TRADE_STATUSES)
-    columns = (Trade.quantity, Trade.exit_quantity, Trade.entry_price, Trade.asset_type, Trade.realized_pnl,
-               (~open_statuses).label("closed_today"))
+    columns = (_raw(Trade.quantity, "quantity"), _raw(Trade.exit_quantity, "exit_quantity"),
+               _raw(Trade.entry_price, "entry_price"), _multiplier_of(Trade.asset_type),
+               _raw(Trade.realized_pnl, "realized_pnl"), _raw(~open_statuses, "closed_today"))
     user = Trade.user_id == bindparam("user_id")
     closed_today = and_(Trade.closed_at >= bindparam("day_start"), Trade.realized_pnl.is_not(None))
     return union_all(select(*columns).where(user, open_statuses, Trade.symbol == bindparam("symbol")),
@@ -253,16 +272,15 @@ TRADE_TOTALS = _trade_totals_query()
 
 def _trade_totals(user_id: int, symbol: str) -> tuple[Decimal, Decimal]:
     """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query."""
-    rows = db.session.execute(TRADE_TOTALS, {"user_id": user_id, "symbol": symbol, "day_start": start_of_day()})
+    rows = db.session.connection().execute(TRADE_TOTALS, {"user_id": user_id, "symbol": symbol,
+                                                          "day_start": start_of_day()})
     realized = exposure = Decimal("0")
-    for quantity, exited, entry, asset_type, pnl, is_closed_today in rows:
-        realized += pnl if is_closed_today else 0
-        exposure += 0 if is_closed_today else (quantity - exited) * (entry or 0) * _multiplier(asset_type)
+    for quantity, exited, entry, multiplier, pnl, is_closed_today in rows:
+        if is_closed_today:
+            realized += _exact(pnl)
+        elif entry is not None:
+            exposure += (_exact(quantity) - _exact(exited)) * _exact(entry) * multiplier
     return realized, exposure
-
-
-def _multiplier(asset_type) -> Decimal:
-    return Decimal("100") if str(asset_type) == "option" else Decimal("1")
 
 
 @dataclass(frozen=True)
@@ -293,8 +311,9 @@ def _order_totals_query():
     working_here = and_(entry, Order.symbol == bindparam("symbol"), working)
     today = and_(Order.created_at >= bindparam("day_start"), Order.status.not_in(REFUSED_STATUSES),
                  Order.replaces_order_id.is_(None))
-    columns = (Order.quantity, Order.filled_quantity, Order.asset_type, UNIT_PRICE, unsent.label("unsent"),
-               working_here.label("working_here"), today.label("today"))
+    columns = (_raw(Order.quantity, "quantity"), _raw(Order.filled_quantity, "filled_quantity"),
+               _multiplier_of(Order.asset_type), _raw(UNIT_PRICE, "price"), _raw(unsent, "unsent"),
+               _raw(working_here, "working_here"), _raw(today, "today"))
     mine = (Order.user_id == bindparam("user_id"), Order.id != bindparam("exclude_id"))
     return union_all(select(*columns).where(*mine, working, or_(unsent, working_here, today)),
                      select(*columns).where(*mine, today, ~working))
@@ -306,15 +325,18 @@ ORDER_TOTALS = _order_totals_query()
 def _order_totals(user_id: int, symbol: str, exclude_order_id: int | None) -> OrderTotals:
     """The user's OrderTotals (leaving out order `exclude_order_id`) from one query over the orders that
     count toward any of them."""
-    rows = db.session.execute(ORDER_TOTALS, {"user_id": user_id, "symbol": symbol, "day_start": start_of_day(),
-                                             "exclude_id": exclude_order_id or 0})
+    rows = db.session.connection().execute(ORDER_TOTALS, {
+        "user_id": user_id, "symbol": symbol, "day_start": start_of_day(), "exclude_id": exclude_order_id or 0})
     unsent_notional = working_notional = notional_today = Decimal("0")
     count_today = 0
-    for quantity, filled, asset_type, price, is_unsent, is_working_here, is_today in rows:
-        unit = (price or 0) * _multiplier(asset_type)
-        unsent_notional += (quantity - filled) * unit if is_unsent else 0
-        working_notional += (quantity - filled) * unit if is_working_here else 0
+    for quantity, filled, multiplier, price, is_unsent, is_working_here, is_today in rows:
         count_today += 1 if is_today else 0
+        if price is None:
+            continue
+        quantity, unit = _exact(quantity), _exact(price) * multiplier
+        unfilled = (quantity - _exact(filled)) * unit if is_unsent or is_working_here else 0
+        unsent_notional += unfilled if is_unsent else 0
+        working_notional += unfilled if is_working_here else 0
         notional_today += quantity * unit if is_today else 0
     return OrderTotals(unsent_notional, working_notional, count_today, notional_today)
 

@@ -137,3 +137,35 @@ def test_a_loss_closed_yesterday_is_not_todays_loss(db, user, make_order):
     held = make_order(status="filled", quantity="3")
     _backdate(db, Trade, held.trade_id, status="open", quantity=Decimal("3"), entry_price=Decimal("50"))
     assert risk._trade_totals(user.id, "AAPL") == (Decimal("-40"), Decimal("150"))
+
+
+def test_the_totals_are_exact_decimals(db, user, make_order):
+    """The totals are exact: amounts that floats cannot add (0.1 + 0.2, a fraction
+    of a coin at 0.7) and an option's 100 shares per contract come back as the exact Decimals."""
+    from models import Trade
+    from utils import risk
+    make_order(status="pending", quantity="3", limit_price=Decimal("0.1"))
+    make_order(status="pending", quantity="3", limit_price=Decimal("0.2"))
+    make_order(status="submitted", symbol="BTC-USD", quantity="0.00000003", limit_price=Decimal("0.7"))
+    make_order(status="pending", symbol="AAPL300118C00190000", quantity="2", limit_price=Decimal("1.15"))
+    totals = risk._order_totals(user.id, "AAPL", exclude_order_id=None)
+    assert totals.unsent_notional == Decimal("230.9")  # 0.3 + 0.6 + 2 contracts × 100 × 1.15
+    assert totals.working_notional_in_symbol == Decimal("0.9")
+    assert (totals.count_today, totals.notional_today) == (4, Decimal("230.900000021"))
+    held = make_order(status="filled", quantity="0.3")
+    _backdate(db, Trade, held.trade_id, status="open", quantity=Decimal("0.3"), exit_quantity=Decimal("0.1"),
+              entry_price=Decimal("0.1"))
+    closed = make_order(status="filled")
+    _backdate(db, Trade, closed.trade_id, status="closed", realized_pnl=Decimal("-0.1"),
+              closed_at=datetime.now(timezone.utc))
+    again = make_order(status="filled")
+    _backdate(db, Trade, again.trade_id, status="closed", realized_pnl=Decimal("-0.2"),
+              closed_at=datetime.now(timezone.utc))
+    assert risk._trade_totals(user.id, "AAPL") == (Decimal("-0.3"), Decimal("0.02"))
+
+
+def test_with_nothing_to_count_the_totals_are_zero(db, user):
+    from utils import risk
+    assert risk._order_totals(user.id, "AAPL", exclude_order_id=None) == risk.OrderTotals(
+        Decimal("0"), Decimal("0"), 0, Decimal("0"))
+    assert risk._trade_totals(user.id, "AAPL") == (Decimal("0"), Decimal("0"))
