@@ -1,6 +1,6 @@
 """Database engine tuning (SQLite in WAL mode with a busy timeout, so web and workers can write together),
-`owned_row`, the one lookup of a user's row by an id from a request, and the two writes of the order path
-that skip the ORM's per-statement work (`guarded_update`, `insert_row`).
+`owned_row`, the one lookup of a user's row by an id from a request, and the reads and writes of the order
+path that skip the ORM's per-statement work (`read_rows`, `guarded_update`, `insert_row`).
 
 SQLite allows one writer at a time. Without a busy timeout a second writer fails at once with
 "database is locked"; without WAL every reader blocks the writer. PostgreSQL needs none of this.
@@ -75,11 +75,18 @@ def owned_row(model, user, row_id, message: str, code: str = "not_found"):
     return row
 
 
-# --- writes on the order path -------------------------------------------------------------------------
+# --- reads and writes on the order path -----------------------------------------------------------------
 # Each order costs about a dozen writes in the worker. Built with the ORM (update(Model).where(...).values(...),
 # session.add + flush) every one of them constructs its statement, computes its cache key and runs the unit of
 # work anew, which was most of an order's CPU. These build each statement shape once and run it on the
 # session's own connection, in its transaction.
+
+def read_rows(statement, parameters: dict) -> list:
+    """The rows of a prebuilt Core `statement` (plain rows with attribute access, no ORM objects), read in the
+    session's transaction after flushing what is pending in it, so they show it."""
+    db.session.flush()
+    return db.session.connection().execute(statement, parameters).all()
+
 
 @functools.cache
 def _guarded_update_statement(table, guards: tuple[tuple[str, bool], ...], names: tuple[str, ...]):

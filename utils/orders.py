@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -30,7 +30,7 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import LARGEST_ROW_ID, guarded_update, insert_row, owned_row
+from utils.database import LARGEST_ROW_ID, guarded_update, insert_row, owned_row, read_rows
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -275,12 +275,18 @@ def connection_for(user, connection_id: int | None) -> BrokerConnection:
     return connection
 
 
+# The order that already has a client_order_id: looked up on every placement that names one, and almost
+# always absent, so the probe is a prebuilt Core read and the order itself is loaded only when there is one.
+ORDER_BY_CLIENT_ID = select(Order.__table__.c.id).where(Order.__table__.c.client_order_id == bindparam("client_id"))
+
+
 def _existing_for_client_id(user, request: OrderInput) -> Order | None:
     if request.client_order_id is None:
         return None
-    order = db.session.scalar(select(Order).where(Order.client_order_id == request.client_order_id))
-    if order is None:
+    found = read_rows(ORDER_BY_CLIENT_ID, {"client_id": request.client_order_id})
+    if not found:
         return None
+    order = db.session.get(Order, found[0].id)
     if order.user_id != user.id:
         raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken")
     if (order.symbol, order.side, order.quantity) != (request.symbol, request.side, request.quantity):

@@ -23,14 +23,14 @@ import secrets
 import uuid
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, ConnectionStatus, PaperAccount,
                     PaperFill, PaperOrder, PaperPosition)
 from utils import market_data
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
-from utils.database import guarded_update, insert_row
+from utils.database import guarded_update, insert_row, read_rows
 from utils.dbtypes import utcnow
 from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
 from utils.extensions import db
@@ -391,7 +391,7 @@ class PaperBroker(Broker):
 
 
 def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_type: str,
-                   positions: list[PaperPosition], replacing: PaperOrder | None) -> Decimal:
+                   positions: list, replacing: PaperOrder | None) -> Decimal:
     """Units that need buying power: all of a buy; none of a closing sell (it never goes short); the part of
     an opening sell beyond the long position not already being sold (a short). A closing order with nothing
     held to close is refused."""
@@ -422,11 +422,11 @@ def _closing_room(held: Decimal, side: str) -> Decimal:
 
 
 def _open_sell_quantity(account_id: int, symbol: str) -> Decimal:
-    orders = _open_orders(account_id, symbol=symbol)
+    orders = read_rows(OPEN_ORDERS_IN_SYMBOL, {"account_id": account_id, "symbol": symbol})
     return sum((o.quantity - o.filled_quantity for o in orders if o.side == "sell"), Decimal(0))
 
 
-def _check_buying_power(account: PaperAccount, order: PaperOrder, positions: list[PaperPosition],
+def _check_buying_power(account: PaperAccount, order: PaperOrder, positions: list,
                         replacing: PaperOrder | None) -> None:
     if order.hold_quantity <= 0:
         return
@@ -437,14 +437,15 @@ def _check_buying_power(account: PaperAccount, order: PaperOrder, positions: lis
         raise InsufficientFunds(details={"buying_power": str(available), "cost": str(needed)})
 
 
-def _hold_of(order: PaperOrder) -> Decimal:
+def _hold_of(order) -> Decimal:
+    """The buying power an open order (a PaperOrder or its row) holds for what is still unfilled."""
     remaining = order.quantity - order.filled_quantity
     units = min(order.hold_quantity, remaining)
     return units * order.hold_price * market_data.multiplier_for(order.asset_type)
 
 
-def _buying_power(account: PaperAccount, positions: list[PaperPosition], quotes: dict[str, Quote]) -> Decimal:
-    holds = sum((_hold_of(order) for order in _open_orders(account.id)), Decimal(0))
+def _buying_power(account: PaperAccount, positions: list, quotes: dict[str, Quote]) -> Decimal:
+    holds = sum((_hold_of(order) for order in read_rows(OPEN_ORDERS, {"account_id": account.id})), Decimal(0))
     shorts = sum((-_market_value(p, quotes.get(p.symbol)) for p in positions if p.quantity < 0), Decimal(0))
     return account.cash - holds - 2 * shorts
 
@@ -462,18 +463,27 @@ def _open_orders(account_id: int | None = None, symbol: str | None = None,
                                    .execution_options(populate_existing=True)).scalars())
 
 
-def _positions(account_id: int) -> list[PaperPosition]:
-    return list(db.session.execute(
-        select(PaperPosition).where(PaperPosition.account_id == account_id).order_by(PaperPosition.symbol)
-        .execution_options(populate_existing=True)).scalars())
+# Reads of values only (buying power, equity, positions), as plain rows: a placement makes them in the API and
+# again in the worker, and loading ORM objects for them cost more than the queries.
+_ORDER_ROWS, _POSITION_ROWS = PaperOrder.__table__, PaperPosition.__table__
+OPEN_ORDERS = select(_ORDER_ROWS).where(_ORDER_ROWS.c.account_id == bindparam("account_id"),
+                                        _ORDER_ROWS.c.status.in_(OPEN_STATUSES)).order_by(_ORDER_ROWS.c.id)
+OPEN_ORDERS_IN_SYMBOL = OPEN_ORDERS.where(_ORDER_ROWS.c.symbol == bindparam("symbol"))
+POSITIONS = select(_POSITION_ROWS).where(_POSITION_ROWS.c.account_id == bindparam("account_id")) \
+    .order_by(_POSITION_ROWS.c.symbol)
 
 
-def _market_value(position: PaperPosition, quote: Quote | None) -> Decimal:
+def _positions(account_id: int) -> list:
+    """The account's positions as plain rows (symbol, asset_type, quantity, average_price, …)."""
+    return read_rows(POSITIONS, {"account_id": account_id})
+
+
+def _market_value(position, quote: Quote | None) -> Decimal:
     price = quote.last if quote else position.average_price
     return position.quantity * price * market_data.multiplier_for(position.asset_type)
 
 
-def _to_position(position: PaperPosition, quote: Quote | None) -> Position:
+def _to_position(position, quote: Quote | None) -> Position:
     multiplier = market_data.multiplier_for(position.asset_type)
     market_price = quote.last if quote else None
     extra = {"multiplier": str(multiplier)}
