@@ -343,7 +343,7 @@ def sent_order(db, user_id: int, connection_id: int, **columns):
     order = Order(user_id=user_id, broker_connection_id=connection_id, status="pending", purpose="entry", **values)
     db.session.add(order)
     db.session.flush()
-    order.trade_id = trades.create_pending(order, "long").id
+    order.trade_id = trades.create_pending(order, "long")
     db.session.commit()
     execute_in_process(db, order.id)
     return order

@@ -313,7 +313,7 @@ def _create_order(user, connection: BrokerConnection, request: OrderInput) -> Or
     if request.is_entry:
         order = _order_from(user, connection, request,
                             estimated_price=_check_entry(user, connection, request, quote=quote))
-        order.trade_id = trades.create_pending(order, request.direction).id  # the trade first: one INSERT each
+        order.trade_id = trades.create_pending(order, request.direction)  # the trade first: one INSERT each
     else:
         order = _order_from(user, connection, request, trade_id=trades.exit_trade_for(user, request).id,
                             purpose=OrderPurpose.EXIT)
@@ -354,8 +354,9 @@ def _added_with_event(order: Order) -> Order:
     are set on it rather than read back when it is shown."""
     db.session.add(order)
     db.session.flush()
-    event = OrderEvent(order_id=order.id, from_status=None, to_status=S.PENDING, detail="accepted")
-    db.session.add(event)
+    accepted = {"order_id": order.id, "from_status": None, "to_status": S.PENDING, "detail": "accepted",
+                "created_at": utcnow()}
+    event = OrderEvent(id=insert_row(OrderEvent, accepted), **accepted)  # what was written; not in the session
     set_committed_value(order, "events", [event])
     set_committed_value(order, "fills", [])
     return order

@@ -407,9 +407,9 @@ def _gauge_values(record: dict) -> dict:
 
 # --- broker-side stops -------------------------------------------------------------------------------
 
-def on_entry_filled(trade: Trade) -> None:
-    """After an entry fill opened or grew `trade`: start its trailing stop's water mark at the entry price
-    and place or resize its broker-side stop (flushes). Never raises for a broker problem."""
+def on_entry_filled(trade: Trade, opened: bool = False) -> None:
+    """After an entry fill opened (`opened`) or grew `trade`: start its trailing stop's water mark at the entry
+    price and place or resize its broker-side stop (flushes). Never raises for a broker problem."""
     if trade.status != TradeStatus.OPEN:
         return
     if trade.trailing_stop_percent is not None and trade.water_mark_price is None and trade.entry_price:
@@ -417,7 +417,8 @@ def on_entry_filled(trade: Trade) -> None:
                              trade.side == TradeSide.LONG)
         _set_trade(trade, water_mark_price=mark, stop_loss_price=stop)
     try:
-        sync_broker_stop(trade)
+        # A stop is placed only for an open trade, so the fill that opened it has none to look for.
+        sync_broker_stop(trade, working=[] if opened else None)
     except DomainError as error:  # recording the fill matters more; the sweep still guards the trade
         log.warning("trade %s: broker-side stop not placed: %s", trade.id, error.message)
 
@@ -461,10 +462,11 @@ def broker_stops_enabled(trade: Trade) -> bool:
     return bool(get_broker(db.session.get(BrokerConnection, trade.broker_connection_id)).supports_stop_orders)
 
 
-def sync_broker_stop(trade: Trade) -> Order | None:
+def sync_broker_stop(trade: Trade, working: list[Order] | None = None) -> Order | None:
     """Make the broker-side stop match the open trade: place it, resize or move it (a replacement order),
-    or withdraw it when there is no stop any more (flushes; orders are sent after commit)."""
-    working = working_stops(trade.id)
+    or withdraw it when there is no stop any more (flushes; orders are sent after commit). `working`: the
+    trade's working stops when the caller knows them (read here otherwise)."""
+    working = working_stops(trade.id) if working is None else working
     quantity = trade.quantity - trade.exit_quantity
     if trade.status != TradeStatus.OPEN or trade.stop_loss_price is None or quantity <= 0 \
             or not broker_stops_enabled(trade):

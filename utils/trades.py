@@ -19,7 +19,7 @@ from models import (AssetType, Broker, BrokerConnection, CloseReason, Order, Ord
                     TradeSide, TradeStatus, User)
 from utils import audit, market_data, orders, risk
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import guarded_update, owned_row
+from utils.database import guarded_update, insert_row, owned_row
 from utils.errors import Conflict, DomainError, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -74,15 +74,13 @@ def _guarded_update(trade: Trade, expected: dict, **values) -> None:
 
 # --- building trades from orders ----------------------------------------------------------------
 
-def create_pending(order: Order, direction: str) -> Trade:
-    """The trade an entry order will open, with its protective prices (flushes)."""
-    trade = Trade(user_id=order.user_id, broker_connection_id=order.broker_connection_id, symbol=order.symbol,
-                  asset_type=order.asset_type, side=TradeSide(direction), status=T.PENDING,
-                  stop_loss_price=order.stop_loss_price, take_profit_price=order.take_profit_price,
-                  trailing_stop_percent=order.trailing_stop_percent)
-    db.session.add(trade)
-    db.session.flush()
-    return trade
+def create_pending(order: Order, direction: str) -> int:
+    """Insert the trade an entry order will open, with its protective prices; returns its id."""
+    return insert_row(Trade, {"user_id": order.user_id, "broker_connection_id": order.broker_connection_id,
+                              "symbol": order.symbol, "asset_type": order.asset_type, "side": TradeSide(direction),
+                              "status": T.PENDING, "stop_loss_price": order.stop_loss_price,
+                              "take_profit_price": order.take_profit_price,
+                              "trailing_stop_percent": order.trailing_stop_percent})
 
 
 def exit_trade_for(user, request) -> Trade:
@@ -156,12 +154,13 @@ def _weighted(old_price: Decimal | None, old_quantity: Decimal, price: Decimal, 
 def _grow(trade: Trade, fill) -> None:
     values = {"quantity": trade.quantity + fill.quantity, "fees": trade.fees + fill.fee,
               "entry_price": _weighted(trade.entry_price, trade.quantity, fill.price, fill.quantity)}
-    if trade.status == T.PENDING:
+    opens = trade.status == T.PENDING
+    if opens:
         values.update(status=T.OPEN, opened_at=fill.executed_at or utcnow())
     _guarded_update(trade, {"quantity": trade.quantity, "status": trade.status}, **values)
     # Stop-loss guard (issue 5, stop-loss engineer): place or resize the broker-side stop for the grown trade.
     from utils import stoploss
-    stoploss.on_entry_filled(trade)
+    stoploss.on_entry_filled(trade, opened=opens)
 
 
 def _reduce(trade: Trade, purpose: OrderPurpose, fill) -> None:

@@ -62,8 +62,9 @@ def make_order(db, user, paper_connection):
         db.session.add(order)
         db.session.flush()
         if purpose == OrderPurpose.ENTRY and trade is None:
-            trade = trades.create_pending(order, "long" if side == "buy" else "short")
-        order.trade_id = trade.id if trade is not None else None
+            order.trade_id = trades.create_pending(order, "long" if side == "buy" else "short")
+        else:
+            order.trade_id = trade.id if trade is not None else None
         db.session.commit()
         return order
 

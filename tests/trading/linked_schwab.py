@@ -54,6 +54,6 @@ def schwab_order(db, user):
                   quantity=Decimal("10"), time_in_force="day", status="pending", purpose="entry")
     db.session.add(order)
     db.session.flush()
-    order.trade_id = trades.create_pending(order, "long").id
+    order.trade_id = trades.create_pending(order, "long")
     db.session.commit()
     return order
