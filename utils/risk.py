@@ -72,9 +72,12 @@ class Proposal:
 
 # --- settings -----------------------------------------------------------------------------------
 
+LIMITS_OF = select(UserSettings).where(UserSettings.user_id == bindparam("user_id"))  # built once: read per order
+
+
 def get_limits(user) -> UserSettings:
     """The user's risk limits, creating the row with defaults when missing (flushes)."""
-    settings = db.session.scalar(select(UserSettings).where(UserSettings.user_id == user.id))
+    settings = db.session.scalar(LIMITS_OF, {"user_id": user.id})
     if settings is None:
         settings = UserSettings(user_id=user.id)
         db.session.add(settings)

@@ -59,13 +59,18 @@ def starting_cash() -> Decimal:
     return setting("PAPER_STARTING_CASH", Decimal("100000"))
 
 
+# Lookups of every placement, built once (constructing a statement cost about as much as running it).
+PAPER_CONNECTION_OF = select(BrokerConnection).where(
+    BrokerConnection.user_id == bindparam("user_id"), BrokerConnection.broker == BrokerName.PAPER) \
+    .order_by(BrokerConnection.id).limit(1)
+ACCOUNT_OF_CONNECTION = select(PaperAccount).where(PaperAccount.connection_id == bindparam("connection_id")) \
+    .execution_options(populate_existing=True)
+
+
 def ensure_paper_connection(user) -> BrokerConnection:
     """The user's paper BrokerConnection, creating it with a BrokerAccount ("PAPER-…") and a
     PaperAccount holding PAPER_STARTING_CASH when missing (idempotent; flushes, never commits)."""
-    connection = db.session.execute(
-        select(BrokerConnection).where(BrokerConnection.user_id == user.id,
-                                       BrokerConnection.broker == BrokerName.PAPER)
-        .order_by(BrokerConnection.id)).scalars().first()
+    connection = db.session.execute(PAPER_CONNECTION_OF, {"user_id": user.id}).scalars().first()
     if connection is None:
         connection = BrokerConnection(user_id=user.id, broker=BrokerName.PAPER, status=ConnectionStatus.CONNECTED)
         db.session.add(connection)
@@ -80,8 +85,7 @@ def ensure_paper_connection(user) -> BrokerConnection:
 
 def _account_for(connection: BrokerConnection) -> PaperAccount:
     """The connection's account as the database has it now (created when missing; flushes)."""
-    account = db.session.execute(select(PaperAccount).where(PaperAccount.connection_id == connection.id)
-                                 .execution_options(populate_existing=True)).scalar_one_or_none()
+    account = db.session.execute(ACCOUNT_OF_CONNECTION, {"connection_id": connection.id}).scalar_one_or_none()
     if account is None:
         account = PaperAccount(user_id=connection.user_id, connection_id=connection.id, cash=starting_cash())
         db.session.add(account)
