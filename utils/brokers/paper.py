@@ -454,13 +454,11 @@ def _buying_power(account: PaperAccount, positions: list, quotes: dict[str, Quot
     return account.cash - holds - 2 * shorts
 
 
-def _open_orders(account_id: int | None = None, symbol: str | None = None,
-                 symbols: list[str] | None = None) -> list[PaperOrder]:
+def _open_orders(account_id: int | None = None, symbols: list[str] | None = None) -> list[PaperOrder]:
+    """Open orders (of one account, in some symbols) as ORM objects, fresh from the database, for matching."""
     statement = select(PaperOrder).where(PaperOrder.status.in_(OPEN_STATUSES))
     if account_id is not None:
         statement = statement.where(PaperOrder.account_id == account_id)
-    if symbol is not None:
-        statement = statement.where(PaperOrder.symbol == symbol)
     if symbols is not None:
         statement = statement.where(PaperOrder.symbol.in_(symbols))
     return list(db.session.execute(statement.order_by(PaperOrder.id)
