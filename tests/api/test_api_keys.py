@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from models import ApiKey, ApiKeyStatus, AuditEvent, utcnow
 from tests.api.conftest import bearer
+from tests.rate_window import clear_of_a_window_edge
 from utils import api_auth
 
 
@@ -199,6 +200,7 @@ def usage_is_counted_but_written_at_most_once_a_minute(app, client, db, user, ma
 
 
 def test_create_is_limited_to_five_a_minute_with_retry_after(client, user, api_key):
+    clear_of_a_window_edge()
     statuses = [client.post("/api/v1/api-keys", json={"name": f"k{i}"}, headers=bearer(api_key)) for i in range(6)]
     assert [r.status_code for r in statuses] == [201] * 5 + [429]
     limited = statuses[-1]
@@ -208,17 +210,20 @@ def test_create_is_limited_to_five_a_minute_with_retry_after(client, user, api_k
 
 
 def test_revoke_all_is_limited_to_two_a_minute(client, user, tokens):
+    clear_of_a_window_edge()
     headers = bearer(tokens["access_token"])  # an access token survives revoke-all (it revokes keys only)
     statuses = [client.post("/api/v1/api-keys/revoke-all", headers=headers).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
 
 
 def test_list_is_limited_to_thirty_a_minute(client, user, api_key):
+    clear_of_a_window_edge()
     statuses = [client.get("/api/v1/api-keys", headers=bearer(api_key)).status_code for _ in range(31)]
     assert statuses == [200] * 30 + [429]
 
 
 def test_rotate_and_revoke_are_limited_to_ten_a_minute(client, user, tokens):
+    clear_of_a_window_edge()
     headers = bearer(tokens["access_token"])
     rotates = [client.post("/api/v1/api-keys/999/rotate", headers=headers).status_code for _ in range(11)]
     revokes = [client.post("/api/v1/api-keys/999/revoke", headers=headers).status_code for _ in range(11)]

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from models import AuditEvent
 from tests.api.conftest import bearer
+from tests.rate_window import clear_of_a_window_edge
 
 
 def test_missing_credential_is_401_with_www_authenticate_and_the_error_format(client):
@@ -55,6 +56,7 @@ class TestSmallCredentialLimit:
     def test_the_per_credential_limit_answers_429_with_retry_after(self, client, user, make_key):
         _, first = make_key(user, "first")
         _, second = make_key(user, "second")
+        clear_of_a_window_edge()
         statuses = [client.get("/api/v1/auth/token-info", headers=bearer(first)).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
         limited = client.get("/api/v1/auth/token-info", headers=bearer(first))

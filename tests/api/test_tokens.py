@@ -10,6 +10,7 @@ from sqlalchemy import select
 from models import AuditEvent, RefreshToken
 from tests.api.conftest import bearer
 from tests.conftest import TEST_PASSWORD
+from tests.rate_window import clear_of_a_window_edge
 from utils import accounts, api_auth
 
 
@@ -67,12 +68,14 @@ def test_wrong_password_and_unknown_email_get_the_same_generic_401(client, user)
 
 
 def test_token_endpoint_is_limited_to_five_per_account_a_minute(client, user):
+    clear_of_a_window_edge()
     statuses = [client.post("/api/v1/auth/token", json={"email": user.email, "password": "bad-Password-1"}).status_code
                 for _ in range(6)]
     assert statuses == [401] * 5 + [429]
 
 
 def test_token_endpoint_is_limited_to_ten_per_address_a_minute(client, user):
+    clear_of_a_window_edge()
     statuses = [client.post("/api/v1/auth/token", json={"email": f"n{i}@example.com", "password": "x"}).status_code
                 for i in range(11)]
     assert statuses == [401] * 10 + [429]
