@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy.orm import make_transient_to_detached
 
 from utils.errors import NotFound
 from utils.extensions import db
@@ -121,3 +122,25 @@ def insert_row(model, values: dict) -> int:
     No object is added to the session: relationships that list such rows must be expired by the caller."""
     result = db.session.connection().execute(_insert_statement(model.__table__), values)
     return result.inserted_primary_key[0]
+
+
+def insert_object(row):
+    """INSERT `row`, a new ORM object, as one prebuilt Core statement and attach it to the session as
+    persistent, holding what was written (column defaults applied) and its new id, without the unit of work's
+    flush and without reading it back. Raises IntegrityError at once for a duplicate key."""
+    values = {column.key: _value_or_default(row, column) for column in type(row).__table__.columns
+              if not column.primary_key}
+    row.id = insert_row(type(row), values)
+    for name, value in values.items():
+        setattr(row, name, value)
+    make_transient_to_detached(row)
+    db.session.add(row)
+    return row
+
+
+def _value_or_default(row, column):
+    value = row.__dict__.get(column.key)
+    if value is not None or column.default is None:
+        return value
+    default = column.default
+    return default.arg(None) if default.is_callable else default.arg

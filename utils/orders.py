@@ -30,7 +30,7 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import LARGEST_ROW_ID, guarded_update, insert_row, owned_row, read_rows
+from utils.database import LARGEST_ROW_ID, guarded_update, insert_object, insert_row, owned_row, read_rows
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -351,9 +351,14 @@ def _order_from(user, connection, request: OrderInput, **values) -> Order:
 
 def _added_with_event(order: Order) -> Order:
     """Insert the order and its first event (flushes). A new order's events and fills are known, so they
-    are set on it rather than read back when it is shown."""
-    db.session.add(order)
+    are set on it rather than read back when it is shown. Conflict when its client_order_id was taken
+    meanwhile (by another user: the caller's own are looked up under its lock)."""
     db.session.flush()
+    try:
+        insert_object(order)
+    except IntegrityError:
+        db.session.rollback()
+        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken") from None
     accepted = {"order_id": order.id, "from_status": None, "to_status": S.PENDING, "detail": "accepted",
                 "created_at": utcnow()}
     event = OrderEvent(id=insert_row(OrderEvent, accepted), **accepted)  # what was written; not in the session

@@ -23,14 +23,14 @@ import secrets
 import uuid
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, ConnectionStatus, PaperAccount,
                     PaperFill, PaperOrder, PaperPosition)
 from utils import market_data
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
-from utils.database import guarded_update, insert_row, read_rows
+from utils.database import guarded_update, insert_object, insert_row, read_rows
 from utils.dbtypes import utcnow
 from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
 from utils.extensions import db
@@ -66,6 +66,10 @@ PAPER_CONNECTION_OF = select(BrokerConnection).where(
 ACCOUNT_OF_CONNECTION = select(PaperAccount).where(PaperAccount.connection_id == bindparam("connection_id")) \
     .execution_options(populate_existing=True)
 
+ORDER_BY_CLIENT_ID = select(PaperOrder).where(PaperOrder.account_id == bindparam("account_id"),
+                                              PaperOrder.client_order_id == bindparam("client_order_id")) \
+    .execution_options(populate_existing=True)
+
 
 def ensure_paper_connection(user) -> BrokerConnection:
     """The user's paper BrokerConnection, creating it with a BrokerAccount ("PAPER-…") and a
@@ -95,19 +99,27 @@ def _account_for(connection: BrokerConnection) -> PaperAccount:
 
 def _lock_account(account_id: int) -> PaperAccount:
     """Take the account's write lock (held until commit) and return its fresh row (one UPDATE … RETURNING)."""
-    return _locked_where(PaperAccount.id == account_id)
+    return _locked_where(LOCK_ACCOUNT, {"lock_account_id": account_id})
 
 
 def _lock_connection_account(connection: BrokerConnection) -> PaperAccount:
     """Lock the connection's account (creating it when missing) and return its fresh row."""
-    account = _locked_where(PaperAccount.connection_id == connection.id)
+    account = _locked_where(LOCK_ACCOUNT_OF_CONNECTION, {"lock_connection_id": connection.id})
     return account if account is not None else _lock_account(_account_for(connection).id)
 
 
-def _locked_where(condition) -> PaperAccount | None:
-    return db.session.execute(
-        update(PaperAccount).where(condition).values(version=PaperAccount.version + 1).returning(PaperAccount)
-        .execution_options(synchronize_session=False, populate_existing=True)).scalar_one_or_none()
+def _locked_where(statement, parameters: dict) -> PaperAccount | None:
+    return db.session.execute(statement, parameters).scalar_one_or_none()
+
+
+def _lock_statement(condition):
+    """Bump the version of the account matching `condition` (its write lock) and return its fresh row."""
+    return update(PaperAccount).where(condition).values(version=PaperAccount.version + 1).returning(PaperAccount) \
+        .execution_options(synchronize_session=False, populate_existing=True)
+
+
+LOCK_ACCOUNT = _lock_statement(PaperAccount.id == bindparam("lock_account_id"))
+LOCK_ACCOUNT_OF_CONNECTION = _lock_statement(PaperAccount.connection_id == bindparam("lock_connection_id"))
 
 
 # --- pricing rules -------------------------------------------------------------------------------
@@ -353,10 +365,8 @@ class PaperBroker(Broker):
         return account
 
     def _by_client_id(self, client_order_id: str) -> PaperOrder | None:
-        return db.session.execute(
-            select(PaperOrder).where(PaperOrder.account_id == self.account_id,
-                                     PaperOrder.client_order_id == client_order_id)
-            .execution_options(populate_existing=True)).scalar_one_or_none()
+        return db.session.execute(ORDER_BY_CLIENT_ID, {"account_id": self.account_id,
+                                                       "client_order_id": client_order_id}).scalar_one_or_none()
 
     def _order(self, broker_order_id: str) -> PaperOrder:
         statement = select(PaperOrder).where(PaperOrder.account_id == self.account_id,
@@ -379,7 +389,8 @@ class PaperBroker(Broker):
         asset_type = market_data.asset_type_of(symbol)
         positions = _positions(account.id)
         hold_quantity = _hold_quantity(account.id, request, symbol, asset_type, positions, replacing)
-        order = PaperOrder(
+        now = utcnow()
+        values = dict(
             public_id=str(uuid.uuid4()), account_id=account.id, client_order_id=request.client_order_id,
             symbol=symbol, asset_type=asset_type, side=request.side,
             instruction=_instruction_of(request), order_type=request.order_type,
@@ -387,11 +398,11 @@ class PaperBroker(Broker):
             stop_price=request.stop_price, hold_quantity=hold_quantity,
             hold_price=_reference_price(request, quote), status="submitted", version=0,
             filled_quantity=Decimal(0), filled_notional=Decimal(0), fees=Decimal(0),
-            replaces=replacing.public_id if replacing else None)
+            replaces=replacing.public_id if replacing else None, replaced_by=None, stop_triggered_at=None,
+            filled_at=None, canceled_at=None, reject_reason=None, created_at=now, updated_at=now)
+        order = PaperOrder(**values)
         _check_buying_power(account, order, positions, replacing)
-        db.session.add(order)
-        db.session.flush()
-        return order
+        return insert_object(order)
 
 
 def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_type: str,
@@ -473,6 +484,9 @@ OPEN_ORDERS = select(_ORDER_ROWS).where(_ORDER_ROWS.c.account_id == bindparam("a
 OPEN_ORDERS_IN_SYMBOL = OPEN_ORDERS.where(_ORDER_ROWS.c.symbol == bindparam("symbol"))
 POSITIONS = select(_POSITION_ROWS).where(_POSITION_ROWS.c.account_id == bindparam("account_id")) \
     .order_by(_POSITION_ROWS.c.symbol)
+POSITION_IN_SYMBOL = select(_POSITION_ROWS.c.id, _POSITION_ROWS.c.quantity, _POSITION_ROWS.c.average_price).where(
+    _POSITION_ROWS.c.account_id == bindparam("account_id"), _POSITION_ROWS.c.symbol == bindparam("symbol"))
+DELETE_POSITION = delete(_POSITION_ROWS).where(_POSITION_ROWS.c.id == bindparam("position_id"))
 
 
 def _positions(account_id: int) -> list:
@@ -592,22 +606,24 @@ def _set_cash(account: PaperAccount, cash: Decimal) -> None:
 
 
 def _apply_to_position(account_id: int, symbol: str, asset_type: str, signed: Decimal, price: Decimal) -> None:
-    position = db.session.execute(select(PaperPosition).where(
-        PaperPosition.account_id == account_id, PaperPosition.symbol == symbol)).scalar_one_or_none()
-    if position is None:
-        db.session.add(PaperPosition(account_id=account_id, symbol=symbol, asset_type=asset_type,
-                                     quantity=signed, average_price=price))
+    """Add `signed` units bought (+) or sold (−) at `price` to the account's position in `symbol` (the account
+    lock is held): a new position, a weighted average price while it grows, none once it is back at zero."""
+    found = read_rows(POSITION_IN_SYMBOL, {"account_id": account_id, "symbol": symbol})
+    if not found:
+        insert_row(PaperPosition, {"account_id": account_id, "symbol": symbol, "asset_type": asset_type,
+                                   "quantity": signed, "average_price": price})
         return
+    position = found[0]
     old, new = position.quantity, position.quantity + signed
     if new == 0:
-        db.session.delete(position)
+        db.session.connection().execute(DELETE_POSITION, {"position_id": position.id})
         return
+    average = position.average_price
     if old == 0 or (old > 0) == (signed > 0):  # growing: weighted average
-        position.average_price = ((abs(old) * position.average_price + abs(signed) * price) / abs(new)) \
-            .quantize(AVERAGE_PLACES)
+        average = ((abs(old) * average + abs(signed) * price) / abs(new)).quantize(AVERAGE_PLACES)
     elif (old > 0) != (new > 0):  # flipped through zero: the rest opens at this price
-        position.average_price = price
-    position.quantity = new
+        average = price
+    guarded_update(PaperPosition, position.id, {}, {"quantity": new, "average_price": average})
 
 
 def match_resting_orders(symbols: list[str] | None = None) -> int:
