@@ -46,6 +46,32 @@ def test_same_client_order_id_twice_gives_one_order(api, db, set_price):
     assert db.session.scalar(select(func.count(Order.id)).where(Order.client_order_id == "my-key-1")) == 1
 
 
+def test_a_client_order_id_taken_between_the_lookup_and_the_insert_is_409_and_nothing_is_kept(api, db, set_price):
+    """The lookup of a client_order_id runs under the user's lock, but another user's order may take the id
+    before our INSERT: stood in for here by the same INSERT run once more just before ours."""
+    from sqlalchemy import event
+
+    from models import Order, Trade
+    set_price("AAPL", "100")
+    taken = []
+
+    def take_the_id_first(_connection, cursor, statement, parameters, _context, _executemany):
+        if statement.startswith("INSERT INTO orders") and not taken:
+            taken.append(True)
+            cursor.execute(statement, parameters)
+
+    event.listen(db.engine, "before_cursor_execute", take_the_id_first)
+    try:
+        response = api.post("/orders", json=market_buy("AAPL", "1", client_order_id="raced-key"))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", take_the_id_first)
+    assert taken
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["error"]["code"] == "order.client_order_id_taken"
+    assert db.session.scalar(select(func.count(Order.id))) == 0
+    assert db.session.scalar(select(func.count(Trade.id))) == 0
+
+
 def test_an_order_the_worker_has_not_taken_up_says_so_in_its_notice(api, db, set_price):
     """No worker runs in this test: the order waits in the queue, as when the worker is down."""
     from datetime import timedelta
