@@ -13,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet
 
+from utils.sqlite_writers import TurnTakingConnection
+
 MIN_SECRET_KEY_LENGTH = 32
 MIN_METRICS_TOKEN_LENGTH = 16
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,8 +224,12 @@ def load_config(env=None, overrides: dict | None = None) -> dict:
 
 def _engine_options(database_url: str) -> dict:
     """A pre-ping (one round trip per checkout) finds server connections dropped while idle; a SQLite file
-    has none to drop."""
-    return {"pool_pre_ping": not database_url.startswith("sqlite")}
+    has none to drop, and its writers take turns on a file lock (utils/sqlite_writers.py)."""
+    if not database_url.startswith("sqlite"):
+        return {"pool_pre_ping": True}
+    if not database_url.startswith("sqlite:///") or ":memory:" in database_url:
+        return {"pool_pre_ping": False}
+    return {"pool_pre_ping": False, "connect_args": {"factory": TurnTakingConnection}}
 
 
 def _flask_settings(config: dict, local: bool) -> dict:
