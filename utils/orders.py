@@ -446,15 +446,13 @@ def transition(order: Order, new_status: OrderStatus, detail: str | None = None,
     insert_row(OrderEvent, {"order_id": order.id, "from_status": old_status, "to_status": new_status,
                             "detail": (detail or None) and detail[:255]})
     _written(order, values)
+    db.session.expire(order, ["events"])  # the new event was written past the session
 
 
 def _written(row, values: dict) -> None:
     """Make the in-memory row show what a conditional UPDATE just wrote (without reloading it)."""
     for name, value in values.items():
         set_committed_value(row, name, value)
-    for relationship_name in ("events", "fills"):
-        if hasattr(type(row), relationship_name):
-            db.session.expire(row, [relationship_name])
 
 
 # --- execution (worker) -------------------------------------------------------------------------
@@ -928,10 +926,10 @@ def record_fill(order: Order, broker_fill) -> Fill | None:
     previous = list(order.fills)  # loaded before the new fill is in the session, so it is not counted twice
     if any(fill.broker_execution_id == broker_fill.execution_id for fill in previous):
         return None
-    fill = Fill(user_id=order.user_id, order_id=order.id, broker_execution_id=broker_fill.execution_id,
-                quantity=quantity, price=price, fee=broker_fill.fee or Decimal("0"),
-                executed_at=broker_fill.executed_at or utcnow())
-    db.session.add(fill)
+    fill = insert_object(Fill(user_id=order.user_id, order_id=order.id, broker_execution_id=broker_fill.execution_id,
+                              quantity=quantity, price=price, fee=broker_fill.fee or Decimal("0"),
+                              executed_at=broker_fill.executed_at or utcnow()))
+    set_committed_value(order, "fills", [*previous, fill])  # ordered by id, and the new id is the largest
     _add_to_totals(order, previous, fill)
     trades.apply_fill(order, fill)
     _status_after_fill(order)

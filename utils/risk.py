@@ -22,6 +22,7 @@ from sqlalchemy.types import NullType
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
 from utils import locks
+from utils.database import read_rows
 from utils.dbtypes import ExactDecimal, utcnow
 from utils.errors import Conflict, DependencyUnavailable, RiskLimitExceeded, ValidationFailed
 from utils.extensions import db
@@ -83,6 +84,18 @@ def get_limits(user) -> UserSettings:
         db.session.add(settings)
         db.session.flush()
     return settings
+
+
+# The limits alone: the row also holds an encrypted secret, which a placement must not decrypt.
+LIMIT_VALUES_OF = select(*(UserSettings.__table__.c[name] for name in LIMIT_FIELDS)).where(
+    UserSettings.__table__.c.user_id == bindparam("user_id"))
+
+
+def _limits_row(user):
+    """The user's risk limits as a plain row (values only: read on every placement, no object needed),
+    created with the defaults when missing."""
+    found = read_rows(LIMIT_VALUES_OF, {"user_id": user.id})
+    return found[0] if found else get_limits(user)
 
 
 def update_limits(user, unsafe: dict) -> UserSettings:
@@ -157,7 +170,7 @@ def check_order(user, proposal: Proposal, account, exclude_order_id: int | None 
     `account` is the broker's AccountSnapshot (equity, buying power). Call inside `user_lock`.
     What the user's trades and other orders already use is read in one query each.
     """
-    settings = get_limits(user)
+    settings = _limits_row(user)
     equity = account.equity
     realized_today, exposure = _trade_totals(user.id, proposal.symbol)
     orders = _order_totals(user.id, proposal.symbol, exclude_order_id)

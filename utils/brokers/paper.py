@@ -66,6 +66,9 @@ PAPER_CONNECTION_OF = select(BrokerConnection).where(
 ACCOUNT_OF_CONNECTION = select(PaperAccount).where(PaperAccount.connection_id == bindparam("connection_id")) \
     .execution_options(populate_existing=True)
 
+ACCOUNT_VALUES_OF_CONNECTION = select(PaperAccount.__table__.c.id, PaperAccount.__table__.c.cash,
+                                      PaperAccount.__table__.c.currency) \
+    .where(PaperAccount.__table__.c.connection_id == bindparam("connection_id"))
 ORDER_BY_CLIENT_ID = select(PaperOrder).where(PaperOrder.account_id == bindparam("account_id"),
                                               PaperOrder.client_order_id == bindparam("client_order_id")) \
     .execution_options(populate_existing=True)
@@ -343,7 +346,8 @@ class PaperBroker(Broker):
 
     def get_account(self) -> AccountSnapshot:
         """Cash, buying power (cash − open holds − 2× short value) and equity (cash + positions at market)."""
-        account = _account_for(self.connection)
+        found = read_rows(ACCOUNT_VALUES_OF_CONNECTION, {"connection_id": self.connection.id})
+        account = found[0] if found else _account_for(self.connection)
         self._account_id = account.id
         positions = _positions(self.account_id)
         quotes = market_data.get_quotes([position.symbol for position in positions])
