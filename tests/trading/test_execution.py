@@ -232,6 +232,26 @@ def test_celery_is_configured_for_reliable_delivery(app):
     assert settings["task_routes"][jobs.ORDERS_EXECUTE]["queue"] == "orders"
 
 
+def test_the_broker_channel_keeps_one_redis_client_for_its_commands(app):
+    """kombu would build a redis.Redis per publish and per acknowledgement; ours builds one per connection pool,
+    and the app's messages still travel through it."""
+    from utils import jobs
+    celery_app = app.extensions["celery"]
+    with celery_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, jobs.RedisChannel)
+        client = channel._create_client()
+        assert channel._create_client() is client
+        assert client.connection_pool is channel.pool
+        assert channel._create_client(asynchronous=True) is not client
+        channel._pool = None  # kombu drops its pool on a disconnect: a new pool gets a new client
+        assert channel._create_client() is not client
+        client.delete("tw-channel-check")
+        channel._put("tw-channel-check", {"body": "hello"})
+        assert channel._create_client().llen("tw-channel-check") == 1
+        client.delete("tw-channel-check")
+
+
 def test_positions_show_unrealized_pnl_and_the_account_summary_the_broker_figures(db, user, celery_worker,
                                                                                  set_price):
     from utils import trades
