@@ -18,6 +18,7 @@ import logging
 import random
 import re
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -306,15 +307,35 @@ def get_quotes(symbols: list[str], *, fresh: bool = False) -> dict[str, Quote]:
 
 
 def _live_quotes(symbols: list[str], fresh: bool) -> dict[str, Quote]:
-    """Quotes of trading symbols: the cache, then one batched source read for the misses."""
+    """Quotes of trading symbols: those held by `quotes_held`, the cache, then one batched source read for the
+    misses."""
     unique = list(dict.fromkeys(symbols))
-    found = {} if fresh else _cached(unique)
+    held = None if fresh else _HELD_QUOTES.get()
+    found = {symbol: held[symbol] for symbol in unique if symbol in held} if held else {}
+    if not fresh and len(found) < len(unique):
+        found.update(_cached([symbol for symbol in unique if symbol not in found]))
     misses = [symbol for symbol in unique if symbol not in found]
     if misses:
         loaded = current_source().fetch(misses)
         _store(loaded, len(misses))
         found.update(loaded)
+    if held is not None:
+        held.update(found)
     return found
+
+
+_HELD_QUOTES: ContextVar[dict[str, Quote] | None] = ContextVar("held_quotes", default=None)
+
+
+@contextmanager
+def quotes_held():
+    """Within the block each symbol's quote is read once: later reads (not `fresh`) get what the first found.
+    Lets a paper execution read its price before it takes the database's write lock, not while holding it."""
+    token = _HELD_QUOTES.set({})
+    try:
+        yield
+    finally:
+        _HELD_QUOTES.reset(token)
 
 
 def _canonical_map(symbols: list[str]) -> dict[str, str]:

@@ -545,11 +545,13 @@ def execute_in_our_database(order_id: int) -> bool:
     connection = _connection_of(order)
     if not _kept_in_our_database(connection):
         return False
-    if claim_submission(order_id) is not None:  # None: not pending any more
-        answer = send_claimed(order_id)
-        if answer is not None:
-            pause_for_fault_injection(order_id)
-            record_answer(order_id, answer)
+    with market_data.quotes_held():  # the price is read before the claim takes the database's write lock
+        market_data.get_quotes([order.symbol])
+        if claim_submission(order_id) is not None:  # None: not pending any more
+            answer = send_claimed(order_id)
+            if answer is not None:
+                pause_for_fault_injection(order_id)
+                record_answer(order_id, answer)
     return True
 
 

@@ -225,3 +225,21 @@ def test_sources_plug_in_through_the_registry_and_a_missing_one_is_503(app):
         assert market_data.get_quotes(["AAPL"])["AAPL"].last == Decimal("7")
     finally:
         market_data.SOURCES.pop("fixed-for-test")
+
+
+def test_within_quotes_held_each_symbol_is_read_once(app, set_price):
+    """A paper execution reads its price before it takes the database's write lock; the broker's own read
+    inside gets that quote, without asking Redis again, even if the cached quote changed meanwhile."""
+    from utils import market_data
+    set_price("AAPL", "100")
+    set_price("MSFT", "200")
+    cache = redis_lib.Redis.from_url(app.config["CACHE_REDIS_URL"])
+    with market_data.quotes_held():
+        first = market_data.get_quotes(["AAPL"])["AAPL"]
+        cache.delete("quote:manual:AAPL", "quote:manual:MSFT")
+        set_price("AAPL", "101")
+        again = market_data.get_quotes(["AAPL", "MSFT"])
+        assert again["AAPL"] == first and again["AAPL"].last == Decimal("100")
+        assert again["MSFT"].last == Decimal("200")  # not held yet: read, and held from now on
+        assert market_data.get_quotes(["AAPL"], fresh=True)["AAPL"].last == Decimal("101")  # fresh skips it
+    assert market_data.get_quotes(["AAPL"])["AAPL"].last == Decimal("101")  # outside, reads as before

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlalchemy import bindparam, delete, select, update
@@ -100,29 +101,41 @@ def _account_for(connection: BrokerConnection) -> PaperAccount:
     return account
 
 
-def _lock_account(account_id: int) -> PaperAccount:
-    """Take the account's write lock (held until commit) and return its fresh row (one UPDATE … RETURNING)."""
+@dataclass
+class LockedAccount:
+    """A paper account whose write lock this transaction holds: its id, and its cash as written so far."""
+
+    id: int
+    cash: Decimal
+
+
+def _lock_account(account_id: int) -> LockedAccount:
+    """Take the account's write lock (held until commit) and return its fresh values (one UPDATE … RETURNING)."""
     return _locked_where(LOCK_ACCOUNT, {"lock_account_id": account_id})
 
 
-def _lock_connection_account(connection: BrokerConnection) -> PaperAccount:
-    """Lock the connection's account (creating it when missing) and return its fresh row."""
+def _lock_connection_account(connection: BrokerConnection) -> LockedAccount:
+    """Lock the connection's account (creating it when missing) and return its fresh values."""
     account = _locked_where(LOCK_ACCOUNT_OF_CONNECTION, {"lock_connection_id": connection.id})
     return account if account is not None else _lock_account(_account_for(connection).id)
 
 
-def _locked_where(statement, parameters: dict) -> PaperAccount | None:
-    return db.session.execute(statement, parameters).scalar_one_or_none()
+def _locked_where(statement, parameters: dict) -> LockedAccount | None:
+    db.session.flush()
+    row = db.session.connection().execute(statement, parameters).first()
+    return LockedAccount(row.id, row.cash) if row is not None else None
 
 
 def _lock_statement(condition):
-    """Bump the version of the account matching `condition` (its write lock) and return its fresh row."""
-    return update(PaperAccount).where(condition).values(version=PaperAccount.version + 1).returning(PaperAccount) \
-        .execution_options(synchronize_session=False, populate_existing=True)
+    """Bump the version of the account matching `condition` (its write lock) and return its id and cash."""
+    accounts = PaperAccount.__table__
+    return update(accounts).where(condition).values(version=accounts.c.version + 1) \
+        .returning(accounts.c.id, accounts.c.cash)
 
 
-LOCK_ACCOUNT = _lock_statement(PaperAccount.id == bindparam("lock_account_id"))
-LOCK_ACCOUNT_OF_CONNECTION = _lock_statement(PaperAccount.connection_id == bindparam("lock_connection_id"))
+LOCK_ACCOUNT = _lock_statement(PaperAccount.__table__.c.id == bindparam("lock_account_id"))
+LOCK_ACCOUNT_OF_CONNECTION = _lock_statement(
+    PaperAccount.__table__.c.connection_id == bindparam("lock_connection_id"))
 
 
 # --- pricing rules -------------------------------------------------------------------------------
@@ -363,14 +376,16 @@ class PaperBroker(Broker):
 
     # internals ----------------------------------------------------------------------------------
 
-    def _lock(self) -> PaperAccount:
+    def _lock(self) -> LockedAccount:
         account = _lock_connection_account(self.connection)
         self._account_id = account.id
         return account
 
     def _by_client_id(self, client_order_id: str) -> PaperOrder | None:
-        return db.session.execute(ORDER_BY_CLIENT_ID, {"account_id": self.account_id,
-                                                       "client_order_id": client_order_id}).scalar_one_or_none()
+        parameters = {"account_id": self.account_id, "client_order_id": client_order_id}
+        if not read_rows(ORDER_ID_BY_CLIENT_ID, parameters):  # almost always: probed without loading an object
+            return None
+        return db.session.execute(ORDER_BY_CLIENT_ID, parameters).scalar_one_or_none()
 
     def _order(self, broker_order_id: str) -> PaperOrder:
         statement = select(PaperOrder).where(PaperOrder.account_id == self.account_id,
@@ -386,7 +401,7 @@ class PaperBroker(Broker):
         if old.symbol != symbol or old.side != request.side:
             raise _reject("A replacement must keep the symbol and side.", field="symbol")
 
-    def _accept(self, account: PaperAccount, request: OrderRequest, symbol: str, quote: Quote,
+    def _accept(self, account: LockedAccount, request: OrderRequest, symbol: str, quote: Quote,
                 replacing: PaperOrder | None = None) -> PaperOrder:
         """Insert a validated order after the position and buying-power checks (`replacing`'s own
         hold and open quantity count as free). Raises BrokerRejected, InsufficientFunds."""
@@ -445,7 +460,7 @@ def _open_sell_quantity(account_id: int, symbol: str) -> Decimal:
     return sum((o.quantity - o.filled_quantity for o in orders if o.side == "sell"), Decimal(0))
 
 
-def _check_buying_power(account: PaperAccount, order: PaperOrder, positions: list,
+def _check_buying_power(account: LockedAccount, order: PaperOrder, positions: list,
                         replacing: PaperOrder | None) -> None:
     if order.hold_quantity <= 0:
         return
@@ -463,7 +478,7 @@ def _hold_of(order) -> Decimal:
     return units * order.hold_price * market_data.multiplier_for(order.asset_type)
 
 
-def _buying_power(account: PaperAccount, positions: list, quotes: dict[str, Quote]) -> Decimal:
+def _buying_power(account, positions: list, quotes: dict[str, Quote]) -> Decimal:
     holds = sum((_hold_of(order) for order in read_rows(OPEN_ORDERS, {"account_id": account.id})), Decimal(0))
     shorts = sum((-_market_value(p, quotes.get(p.symbol)) for p in positions if p.quantity < 0), Decimal(0))
     return account.cash - holds - 2 * shorts
@@ -485,6 +500,8 @@ def _open_orders(account_id: int | None = None, symbols: list[str] | None = None
 _ORDER_ROWS, _POSITION_ROWS = PaperOrder.__table__, PaperPosition.__table__
 OPEN_ORDERS = select(_ORDER_ROWS).where(_ORDER_ROWS.c.account_id == bindparam("account_id"),
                                         _ORDER_ROWS.c.status.in_(OPEN_STATUSES)).order_by(_ORDER_ROWS.c.id)
+ORDER_ID_BY_CLIENT_ID = select(_ORDER_ROWS.c.id).where(_ORDER_ROWS.c.account_id == bindparam("account_id"),
+                                                      _ORDER_ROWS.c.client_order_id == bindparam("client_order_id"))
 OPEN_ORDERS_IN_SYMBOL = OPEN_ORDERS.where(_ORDER_ROWS.c.symbol == bindparam("symbol"))
 POSITIONS = select(_POSITION_ROWS).where(_POSITION_ROWS.c.account_id == bindparam("account_id")) \
     .order_by(_POSITION_ROWS.c.symbol)
@@ -520,7 +537,7 @@ def _liquidity() -> Decimal:
     return setting("PAPER_LIQUIDITY_PER_TICK", Decimal("1000000"))
 
 
-def _match_order(account: PaperAccount, order: PaperOrder, quote: Quote | None) -> PaperFill | None:
+def _match_order(account: LockedAccount, order: PaperOrder, quote: Quote | None) -> PaperFill | None:
     """Fill what the market allows of one open order now (the account lock is held). Returns the fill."""
     if order.status not in OPEN_STATUSES:
         return None
@@ -579,7 +596,7 @@ def _claim(order: PaperOrder, **values) -> bool:
     return True
 
 
-def _fill(account: PaperAccount, order: PaperOrder, quantity: Decimal, price: Decimal,
+def _fill(account: LockedAccount, order: PaperOrder, quantity: Decimal, price: Decimal,
           triggered: bool) -> PaperFill | None:
     now, fee = utcnow(), _fee(order, quantity)
     filled = order.filled_quantity + quantity
@@ -603,10 +620,10 @@ def _fill(account: PaperAccount, order: PaperOrder, quantity: Decimal, price: De
     return fill
 
 
-def _set_cash(account: PaperAccount, cash: Decimal) -> None:
-    """Write the account's new cash (its row is locked by the caller) and show it on the loaded account."""
+def _set_cash(account: LockedAccount, cash: Decimal) -> None:
+    """Write the account's new cash (its row is locked by the caller)."""
     guarded_update(PaperAccount, account.id, {}, {"cash": cash})
-    set_committed_value(account, "cash", cash)
+    account.cash = cash
 
 
 def _apply_to_position(account_id: int, symbol: str, asset_type: str, signed: Decimal, price: Decimal) -> None:
