@@ -473,6 +473,7 @@ def claim_submission(order_id: int, attempt: int | None = None) -> int | None:
             transition(order, S.SUBMITTING, submit_attempts=order.submit_attempts + 1)
         except InvalidTransition:
             return None
+        set_committed_value(order, "fills", [])  # a fill is only recorded once a broker has the order
         return order.submit_attempts
     return _claim_retry(order, attempt)
 
