@@ -132,7 +132,8 @@ def insert_object(row):
               if not column.primary_key}
     row.id = insert_row(type(row), values)
     for name, value in values.items():
-        setattr(row, name, value)
+        if name not in row.__dict__:  # a default the INSERT applied (or None)
+            setattr(row, name, value)
     make_transient_to_detached(row)
     db.session.add(row)
     return row

@@ -103,10 +103,17 @@ def _account_for(connection: BrokerConnection) -> PaperAccount:
 
 @dataclass
 class LockedAccount:
-    """A paper account whose write lock this transaction holds: its id, and its cash as written so far."""
+    """A paper account whose write lock this transaction holds: its id, its cash as written so far, and its
+    positions once read under the lock (None: not read, or changed since)."""
 
     id: int
     cash: Decimal
+    positions: list | None = None
+
+    def read_positions(self) -> list:
+        if self.positions is None:
+            self.positions = _positions(self.id)
+        return self.positions
 
 
 def _lock_account(account_id: int) -> LockedAccount:
@@ -406,7 +413,7 @@ class PaperBroker(Broker):
         """Insert a validated order after the position and buying-power checks (`replacing`'s own
         hold and open quantity count as free). Raises BrokerRejected, InsufficientFunds."""
         asset_type = market_data.asset_type_of(symbol)
-        positions = _positions(account.id)
+        positions = account.read_positions()
         hold_quantity = _hold_quantity(account.id, request, symbol, asset_type, positions, replacing)
         now = utcnow()
         values = dict(
@@ -505,8 +512,6 @@ ORDER_ID_BY_CLIENT_ID = select(_ORDER_ROWS.c.id).where(_ORDER_ROWS.c.account_id 
 OPEN_ORDERS_IN_SYMBOL = OPEN_ORDERS.where(_ORDER_ROWS.c.symbol == bindparam("symbol"))
 POSITIONS = select(_POSITION_ROWS).where(_POSITION_ROWS.c.account_id == bindparam("account_id")) \
     .order_by(_POSITION_ROWS.c.symbol)
-POSITION_IN_SYMBOL = select(_POSITION_ROWS.c.id, _POSITION_ROWS.c.quantity, _POSITION_ROWS.c.average_price).where(
-    _POSITION_ROWS.c.account_id == bindparam("account_id"), _POSITION_ROWS.c.symbol == bindparam("symbol"))
 DELETE_POSITION = delete(_POSITION_ROWS).where(_POSITION_ROWS.c.id == bindparam("position_id"))
 
 
@@ -615,7 +620,7 @@ def _fill(account: LockedAccount, order: PaperOrder, quantity: Decimal, price: D
     fill = PaperFill(id=insert_row(PaperFill, execution), **execution)  # what was written; not in the session
     notional = quantity * price * market_data.multiplier_for(asset_type)
     _set_cash(account, account.cash - notional - fee if side == "buy" else account.cash + notional - fee)
-    _apply_to_position(account.id, symbol, asset_type, quantity if side == "buy" else -quantity, price)
+    _apply_to_position(account, symbol, asset_type, quantity if side == "buy" else -quantity, price)
     db.session.flush()
     return fill
 
@@ -626,12 +631,14 @@ def _set_cash(account: LockedAccount, cash: Decimal) -> None:
     account.cash = cash
 
 
-def _apply_to_position(account_id: int, symbol: str, asset_type: str, signed: Decimal, price: Decimal) -> None:
+def _apply_to_position(account: LockedAccount, symbol: str, asset_type: str, signed: Decimal,
+                       price: Decimal) -> None:
     """Add `signed` units bought (+) or sold (−) at `price` to the account's position in `symbol` (the account
     lock is held): a new position, a weighted average price while it grows, none once it is back at zero."""
-    found = read_rows(POSITION_IN_SYMBOL, {"account_id": account_id, "symbol": symbol})
+    found = [position for position in account.read_positions() if position.symbol == symbol]
+    account.positions = None  # changed below
     if not found:
-        insert_row(PaperPosition, {"account_id": account_id, "symbol": symbol, "asset_type": asset_type,
+        insert_row(PaperPosition, {"account_id": account.id, "symbol": symbol, "asset_type": asset_type,
                                    "quantity": signed, "average_price": price})
         return
     position = found[0]
