@@ -53,7 +53,8 @@ def celery_settings(config) -> dict:
     """Reliability settings: JSON, late acks, prefetch 1, a visibility timeout above every time limit."""
     return {
         "broker_url": config["REDIS_URL"],
-        "broker_transport": "utils.jobs:RedisTransport",
+        # Plain redis:// only: for rediss:// kombu's own resolution of the scheme sets up TLS.
+        "broker_transport": "utils.jobs:RedisTransport" if config["REDIS_URL"].startswith("redis://") else None,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": TASK_TIME_LIMIT_SECONDS * 4},
         "task_ignore_result": True,
