@@ -280,6 +280,10 @@ def connection_for(user, connection_id: int | None) -> BrokerConnection:
 ORDER_BY_CLIENT_ID = select(Order.__table__.c.id).where(Order.__table__.c.client_order_id == bindparam("client_id"))
 
 
+def _client_order_id_taken() -> Conflict:
+    return Conflict("That client_order_id is already in use.", code="order.client_order_id_taken")
+
+
 def _existing_for_client_id(user, request: OrderInput) -> Order | None:
     if request.client_order_id is None:
         return None
@@ -288,7 +292,7 @@ def _existing_for_client_id(user, request: OrderInput) -> Order | None:
         return None
     order = db.session.get(Order, found[0].id)
     if order.user_id != user.id:
-        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken")
+        raise _client_order_id_taken()
     if (order.symbol, order.side, order.quantity) != (request.symbol, request.side, request.quantity):
         raise Conflict("That client_order_id was used for a different order.", code="order.client_order_id_reused")
     return order
@@ -303,7 +307,7 @@ def _commit_new_order(request: OrderInput) -> None:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken") from None
+        raise _client_order_id_taken() from None
     finally:
         session.expire_on_commit = True
 
@@ -358,7 +362,7 @@ def _added_with_event(order: Order) -> Order:
         insert_object(order)
     except IntegrityError:
         db.session.rollback()
-        raise Conflict("That client_order_id is already in use.", code="order.client_order_id_taken") from None
+        raise _client_order_id_taken() from None
     accepted = {"order_id": order.id, "from_status": None, "to_status": S.PENDING, "detail": "accepted",
                 "created_at": utcnow()}
     event = OrderEvent(id=insert_row(OrderEvent, accepted), **accepted)  # what was written; not in the session

@@ -255,7 +255,8 @@ def test_the_broker_channel_keeps_one_redis_client_for_its_commands(app):
 def test_a_tls_redis_url_keeps_kombus_own_transport_and_its_tls(app):
     """rediss:// is resolved by kombu itself, which sets up TLS for that scheme; ours is used for redis:// only."""
     from utils import jobs
-    assert jobs.celery_settings({**app.config, "REDIS_URL": "rediss://cache.example:6380/0"})["broker_transport"] is None
+    tls = {**app.config, "REDIS_URL": "rediss://cache.example:6380/0"}
+    assert jobs.celery_settings(tls)["broker_transport"] is None
     assert jobs.celery_settings(app.config)["broker_transport"] == "utils.jobs:RedisTransport"
 
 
