@@ -15,9 +15,10 @@ load: `floor_orders_per_second`, and `share_of_floor` = orders_per_second / floo
 
 The fill time is the order's `completed_at` in the database (same clock as the client). Last, one more
 order is counted in-process: SQL statements in the API and in the worker (`sql_statements_api`/`_worker`),
-and the API's CPU time per order for a user with no history and after 100,000 old orders
-(`api_cpu_ms_per_order`, `api_cpu_ms_per_order_after_100k_old_orders`: a placement should not slow down as
-an account ages).
+and the API's CPU time per order for a user with no history, after 100,000 old orders and after 5,000 more
+filled today (`api_cpu_ms_per_order`, `api_cpu_ms_per_order_after_100k_old_orders`,
+`api_cpu_ms_per_order_after_5k_orders_today`: a placement should not slow down as an account ages, nor late
+in a busy day).
 BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run;
 BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
@@ -375,16 +376,14 @@ def statements_per_order(redis_url: str, key: str) -> dict:
 
 
 HISTORY_ORDERS = 100_000
+DAY_ORDERS = 5_000
 
 
 def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
-    """CPU milliseconds of one POST /orders in-process, for a user with no history and again after
-    HISTORY_ORDERS filled orders 40 days old: a placement should cost the same after months of trading.
-    The jobs go to an unused Redis database, as in statements_per_order."""
-    from sqlalchemy import insert, select
-
-    from models import BrokerConnection, Order, User
-    from utils.extensions import db
+    """CPU milliseconds of one POST /orders in-process, for a user with no history, again after HISTORY_ORDERS
+    filled orders 40 days old, and again after DAY_ORDERS more filled today (as a script trading all day
+    would have): a placement should cost the same after months of trading and late in a busy day. The jobs
+    go to an unused Redis database, as in statements_per_order."""
     post = in_process_api(redis_url)
 
     def cpu_ms_per_placement(prefix: str, count: int = 60) -> float:
@@ -395,19 +394,31 @@ def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
 
     cpu_ms_per_placement("history-warm", 10)
     fresh = cpu_ms_per_placement("history-none")
+    insert_filled_orders(app, email, HISTORY_ORDERS, datetime.now(timezone.utc) - timedelta(days=40), "old")
+    with_history = cpu_ms_per_placement("history-long")
+    insert_filled_orders(app, email, DAY_ORDERS, datetime.now(timezone.utc), "today")
+    late_in_day = cpu_ms_per_placement("history-day")
+    return {"api_cpu_ms_per_order": round(fresh, 2), "api_cpu_ms_per_order_after_100k_old_orders": round(with_history, 2),
+            "api_cpu_ms_per_order_after_5k_orders_today": round(late_in_day, 2)}
+
+
+def insert_filled_orders(app, email: str, count: int, created_at: datetime, prefix: str) -> None:
+    """`count` filled 1-share market buys of the user, placed and finished at `created_at`."""
+    from sqlalchemy import insert, select
+
+    from models import BrokerConnection, Order, User
+    from utils.extensions import db
     with app.app_context():
         user_id = db.session.scalar(select(User.id).where(User.email == email))
         connection_id = db.session.scalar(select(BrokerConnection.id).where(BrokerConnection.user_id == user_id))
-        old = datetime.now(timezone.utc) - timedelta(days=40)
         db.session.execute(insert(Order), [
-            {"user_id": user_id, "broker_connection_id": connection_id, "client_order_id": f"old-{number}",
+            {"user_id": user_id, "broker_connection_id": connection_id, "client_order_id": f"{prefix}-{number}",
              "symbol": SYMBOLS[0], "asset_type": "equity", "side": "buy", "instruction": "BUY",
-             "order_type": "market", "quantity": 1, "filled_quantity": 1, "time_in_force": "day",
-             "status": "filled", "purpose": "entry", "created_at": old, "updated_at": old, "completed_at": old}
-            for number in range(HISTORY_ORDERS)])
+             "order_type": "market", "quantity": 1, "filled_quantity": 1, "average_fill_price": 10,
+             "time_in_force": "day", "status": "filled", "purpose": "entry", "created_at": created_at,
+             "updated_at": created_at, "completed_at": created_at}
+            for number in range(count)])
         db.session.commit()
-    with_history = cpu_ms_per_placement("history-long")
-    return {"api_cpu_ms_per_order": round(fresh, 2), "api_cpu_ms_per_order_after_100k_old_orders": round(with_history, 2)}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Database engine tuning (SQLite in WAL mode with a busy timeout, so web and workers can write together),
 `owned_row`, the one lookup of a user's row by an id from a request, and the reads and writes of the order
-path that skip the ORM's per-statement work (`read_rows`, `guarded_update`, `insert_row`).
+path that skip the ORM's per-statement work (`read_rows`, `guarded_update`, `insert_row`), and `exact_sum`, an
+exact decimal sum in SQL on both databases.
 
 SQLite allows one writer at a time. Without a busy timeout a second writer fails at once with
 "database is locked"; without WAL every reader blocks the writer. PostgreSQL needs none of this.
@@ -8,8 +9,9 @@ SQLite allows one writer at a time. Without a busy timeout a second writer fails
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.orm import make_transient_to_detached
 
 from utils.errors import NotFound
@@ -39,7 +41,56 @@ def init_app(app) -> None:
     event.listen(engine, "connect", listener)
 
 
+class ExactSum:
+    """SQLite aggregate `exact_sum(value)`: the exact sum of a decimal column over the rows, as canonical text
+    (NULLs add nothing).
+
+    SQLite's own SUM adds floats; Tradewarden keeps decimals as text there (utils/dbtypes.ExactDecimal), so
+    this adds them as Python Decimals. PostgreSQL's SUM over NUMERIC is exact already (see `exact_sum`).
+    SQLite calls `step` once per row: it is kept to the bare arithmetic (about 0.7 µs a row)."""
+
+    __slots__ = ("total",)
+
+    def __init__(self):
+        self.total = Decimal(0)
+
+    def step(self, value) -> None:
+        if value is not None:
+            self.total += Decimal(value)
+
+    def finalize(self) -> str:
+        return format(self.total.normalize(), "f")
+
+
+class ExactSumOfProducts(ExactSum):
+    """SQLite aggregate `exact_sum(a, b, c)`: the exact sum of a × b × c over the rows, for decimals a and b
+    and an integer c such as a contract multiplier (a row with a NULL adds nothing)."""
+
+    __slots__ = ()
+
+    def step(self, a, b, c) -> None:
+        if a is not None and b is not None and c is not None:
+            self.total += Decimal(a) * Decimal(b) * c
+
+
+def exact_sum(dialect_name: str, *factors):
+    """SQL for the exact sum over the rows of a decimal column, or of decimal × decimal × integer
+    (0 when there are no rows)."""
+    if dialect_name == "sqlite":
+        return func.coalesce(func.exact_sum(*factors), 0)  # sqlite3 gives NULL for no rows
+    product = factors[0]
+    for factor in factors[1:]:
+        product = product * factor
+    return func.coalesce(func.sum(product), 0)
+
+
+def _add_functions(dbapi_connection) -> None:
+    dbapi_connection.create_aggregate("exact_sum", 1, ExactSum)
+    dbapi_connection.create_aggregate("exact_sum", 3, ExactSumOfProducts)
+
+
 def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
+    _add_functions(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -48,6 +99,7 @@ def _tune_sqlite_for_tests(dbapi_connection, _record) -> None:
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
+    _add_functions(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")

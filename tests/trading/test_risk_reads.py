@@ -169,3 +169,58 @@ def test_with_nothing_to_count_the_totals_are_zero(db, user):
     assert risk._order_totals(user.id, "AAPL", exclude_order_id=None) == risk.OrderTotals(
         Decimal("0"), Decimal("0"), 0, Decimal("0"))
     assert risk._trade_totals(user.id, "AAPL") == (Decimal("0"), Decimal("0"))
+
+
+def test_todays_finished_orders_and_closed_trades_are_added_up_exactly_in_the_database(db, user, make_order):
+    """A finished order counts with its fill price (or limit, or estimate), an option with 100 per contract;
+    refused orders and replacements do not count; the sums are exact where floats are not."""
+    from models import Trade
+    from utils import risk
+    make_order(status="filled", quantity="3", average_fill_price=Decimal("0.1"))
+    make_order(status="cancelled", quantity="3", limit_price=Decimal("0.2"))
+    make_order(status="filled", symbol="BTC-USD", quantity="0.00000003", average_fill_price=Decimal("0.7"))
+    make_order(status="expired", symbol="AAPL300118C00190000", quantity="2", estimated_price=Decimal("1.15"))
+    make_order(status="rejected", quantity="1000", limit_price=Decimal("5"))
+    make_order(status="failed", quantity="1000", estimated_price=Decimal("5"))
+    replaced = make_order(status="replaced", quantity="1000", limit_price=Decimal("5"))
+    make_order(status="filled", quantity="1000", limit_price=Decimal("5"), replaces_order_id=replaced.id)
+    totals = risk._order_totals(user.id, "AAPL", exclude_order_id=None)
+    assert totals.count_today == 5  # two fills, the cancel, the expiry and the replaced order (not its replacement)
+    assert totals.notional_today == Decimal("5230.900000021")  # 0.3 + 0.6 + 0.000000021 + 230 + 5000
+    for pnl in ("-0.1", "-0.2", "0.05"):
+        closed = make_order(status="filled")
+        _backdate(db, Trade, closed.trade_id, status="closed", realized_pnl=Decimal(pnl),
+                  closed_at=datetime.now(timezone.utc))
+    assert risk._trade_totals(user.id, "AAPL") == (Decimal("-0.25"), Decimal("0"))
+
+
+def rows_of_totals_reads(db, action) -> list[int]:
+    """How many rows each SELECT on orders or trades that `action()` sends returns (each one run again)."""
+    counts = []
+    with db.engine.connect() as connection:
+        for statement, parameters in reads_during(db, action):
+            if re.search(r"\bFROM (orders|trades)\b", statement):
+                counts.append(len(connection.exec_driver_sql(statement, parameters).all()))
+    return counts
+
+
+def test_the_totals_read_one_row_for_the_days_finished_orders_however_many_they_are(db, user, make_order):
+    """Placing an order read every order and closed trade of the user's day and every open trade in the symbol,
+    one row each, so each order cost more than the last (6 µs per order already placed that day). The finished
+    orders are one row now, and the trades two."""
+    from models import Trade
+    from utils import risk
+    for _ in range(3):
+        make_order(status="submitted", limit_price=Decimal("10"))  # working: one row each
+    for number in range(40):
+        done = make_order(status="filled", average_fill_price=Decimal("10"))
+        closed = {"status": "closed", "realized_pnl": Decimal("1"), "closed_at": datetime.now(timezone.utc)}
+        held = {"status": "open", "quantity": Decimal("10"), "exit_quantity": Decimal("4"),
+                "entry_price": Decimal("10")}
+        _backdate(db, Trade, done.trade_id, **(closed if number % 2 else held))
+    counts = rows_of_totals_reads(db, lambda: (risk._order_totals(user.id, "AAPL", exclude_order_id=None),
+                                               risk._trade_totals(user.id, "AAPL")))
+    assert counts == [3 + 1, 2]  # the working orders and the finished ones' row; the open trades' and the closed
+    totals = risk._order_totals(user.id, "AAPL", exclude_order_id=None)
+    assert (totals.count_today, totals.notional_today) == (43, Decimal("4300"))
+    assert risk._trade_totals(user.id, "AAPL") == (Decimal("20"), Decimal("1200"))  # 20 trades hold 6 at 10
