@@ -18,7 +18,7 @@ from time import monotonic
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import and_, bindparam, case, false, func, literal, null, select, type_coerce, union_all
+from sqlalchemy import and_, bindparam, case, false, func, literal, null, or_, select, type_coerce, union_all
 from sqlalchemy.types import NullType
 
 from models import Order, OrderPurpose, OrderStatus, Trade, TradeStatus, UserSettings
@@ -320,7 +320,7 @@ def _order_totals_query(dialect_name: str):
     """The query of `_order_totals` for one dialect: user_id, symbol, day_start and exclude_id (0 for none)
     are bound per call.
 
-    Its first half is the user's working orders, a row each. The second is one row standing for all the
+    Its first half is the user's working orders that count toward any total, a row each. The second is one row standing for all the
     orders placed today that are finished: `today` is how many they are and `quantity` their notional (at
     unit price 1), added up exactly in the database. A finished order no longer changes, and reading them one
     by one made each placement slower with every order of the day (6 µs more per order already placed).
@@ -336,7 +336,7 @@ def _order_totals_query(dialect_name: str):
     working_rows = select(_raw(Order.quantity, "quantity"), _raw(Order.filled_quantity, "filled_quantity"),
                           _raw(multiplier, "multiplier"), _raw(UNIT_PRICE, "price"), _raw(unsent, "unsent"),
                           _raw(working_here, "working_here"), _raw(case((today, 1), else_=0), "today")
-                          ).where(*mine, working)
+                          ).where(*mine, working, or_(unsent, working_here, today))
     finished_today = select(_raw(exact_sum(dialect_name, Order.quantity, UNIT_PRICE, multiplier), "notional"),
                             null(), literal(1), literal(1), false(), false(),
                             _raw(func.count(), "count")).where(*mine, today, ~working)
