@@ -19,7 +19,11 @@ and the API's CPU time per order for a user with no history, after 100,000 old o
 filled today (`api_cpu_ms_per_order`, `api_cpu_ms_per_order_after_100k_old_orders`,
 `api_cpu_ms_per_order_after_5k_orders_today`: a placement should not slow down as an account ages, nor late
 in a busy day).
-BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and WEB_THREADS change the run;
+The CPU the processes used in the throughput phase, per order (`web_cpu_ms_per_order`, `worker_cpu_ms_per_order`,
+`redis_cpu_ms_per_order`; the bare frame's in all: `floor_cpu_ms_per_order`), tells where the time goes.
+The web processes are sized as shipped (utils/gunicorn_conf.py's defaults of WEB_CONCURRENCY and WEB_THREADS),
+so the figures are those of what `make run` starts; BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and
+WEB_THREADS change the run;
 BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
 """
@@ -46,6 +50,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from utils import gunicorn_conf  # noqa: E402
 from utils.local_run import free_port, redis_server_binary  # noqa: E402
 BIN = Path(sys.executable).parent
 
@@ -73,7 +78,7 @@ class Stack:
 
     def __init__(self, directory: Path):
         from cryptography.fernet import Fernet
-        self.directory, self.processes = directory, []
+        self.directory, self.processes, self.named = directory, [], {}
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "SECRET_KEY": "bench-secret-" + "x" * 40,
                     "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
@@ -83,7 +88,8 @@ class Stack:
                     # Prices are set once, by hand: they must not count as stale however long a run takes.
                     "MARKET_DATA_SOURCE": "manual", "QUOTE_MAX_AGE_SECONDS": "86400",
                     "API_RATE_LIMIT": "10000000/minute",
-                    "PORT": str(self.web_port), "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),
+                    "PORT": str(self.web_port),  # the web sizing as shipped, or as WEB_CONCURRENCY/WEB_THREADS say
+                    "WEB_CONCURRENCY": str(gunicorn_conf.workers), "WEB_THREADS": str(gunicorn_conf.threads),
                     "STORAGE_DIR": str(directory / "files"), "PYTHONUNBUFFERED": "1"}
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
 
@@ -104,8 +110,13 @@ class Stack:
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.directory / f"{name}.log", "wb")
-        self.processes.append(subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
-                                               start_new_session=True))
+        self.named[name] = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                            start_new_session=True)
+        self.processes.append(self.named[name])
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user and system) used so far by each process started, with its children, by name."""
+        return {name: process_tree_cpu_seconds(process.pid) for name, process in self.named.items()}
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -116,6 +127,24 @@ class Stack:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    import psutil
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def cpu_ms_per_order(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
+    """Milliseconds of CPU per order of each named process (and its children) between two `cpu_seconds`."""
+    return {name: round((after[name] - before[name]) / max(orders, 1) * 1000, 2) for name in after}
 
 
 class FloorStack(Stack):
@@ -137,8 +166,9 @@ class FloorStack(Stack):
         wait_port(self.web_port)
 
 
-def floor_orders_per_second(directory: Path) -> float:
-    """Orders/s of the bare frame under the throughput phase's load (same clients, same order count)."""
+def floor_figures(directory: Path) -> dict:
+    """Orders/s of the bare frame under the throughput phase's load (same clients, same order count), and the
+    CPU its processes used per order."""
     from sqlalchemy import text
     stack = FloorStack(directory)
     try:
@@ -146,7 +176,7 @@ def floor_orders_per_second(directory: Path) -> float:
         client = Client(f"http://127.0.0.1:{stack.web_port}", ["floor"])
         for number in range(20):
             client.place(number, "warmup")
-        started = time.time()
+        started, cpu_before = time.time(), stack.cpu_seconds()
         with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
             list(pool.map(lambda n: client.place(n, "tp"), range(THROUGHPUT_ORDERS)))
         deadline = time.monotonic() + FILL_DEADLINE_SECONDS
@@ -156,8 +186,11 @@ def floor_orders_per_second(directory: Path) -> float:
                 time.sleep(0.1)
             finished, filled = connection.execute(text("SELECT max(completed_at), count(*) FROM orders "
                                                        "WHERE status = 'filled' AND client_order_id LIKE 'tp-%'")).one()
-        print(f"floor (bare frame): {filled} of {THROUGHPUT_ORDERS} filled after {finished - started:.2f}s")
-        return round(filled / (finished - started), 1)
+        cpu = cpu_ms_per_order(cpu_before, stack.cpu_seconds(), filled)
+        print(f"floor (bare frame): {filled} of {THROUGHPUT_ORDERS} filled after {finished - started:.2f}s; "
+              f"CPU ms per order {cpu}")
+        return {"floor_orders_per_second": round(filled / (finished - started), 1),
+                "floor_cpu_ms_per_order": round(sum(cpu.values()), 2)}
     finally:
         stack.stop()
 
@@ -424,7 +457,7 @@ def insert_filled_orders(app, email: str, count: int, created_at: datetime, pref
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="tw-bench-orders-"))
     (directory / "floor").mkdir()
-    floor = floor_orders_per_second(directory / "floor")
+    floor = floor_figures(directory / "floor")
     stack = Stack(directory)
     try:
         stack.start()
@@ -437,15 +470,19 @@ def main() -> None:
         for number in range(20):  # warm up connections, imports and caches
             client.place(number, "warmup")
         wait_filled(app, client, "warmup-")
+        cpu_before = stack.cpu_seconds()
         figures = throughput_phase(app, client)
+        accepted = sum(client_order_id.startswith("tp-") for client_order_id in client.sent)
+        figures.update({f"{name}_cpu_ms_per_order": ms
+                        for name, ms in cpu_ms_per_order(cpu_before, stack.cpu_seconds(), accepted).items()})
         time.sleep(1)
         figures["p99_latency_ms_at_50_per_s"] = paced_phase(app, client)
         figures["same_user_burst_ms"] = same_user_burst(base_url, keys[1])
         figures.update(statements_per_order(stack.env["REDIS_URL"], keys[0]))
         figures.update(placement_with_history(stack.env["REDIS_URL"], app, f"bench{BENCH_USERS}@example.com",
                                               prepare_account(app, BENCH_USERS)))
-        figures["floor_orders_per_second"] = floor
-        figures["share_of_floor"] = round(figures["orders_per_second"] / floor, 3)
+        figures.update(floor)
+        figures["share_of_floor"] = round(figures["orders_per_second"] / floor["floor_orders_per_second"], 3)
         if client.errors:
             print(f"first errors: {client.errors[:3]}")
     finally:
