@@ -21,8 +21,9 @@ filled today (`api_cpu_ms_per_order`, `api_cpu_ms_per_order_after_100k_old_order
 in a busy day).
 The CPU the processes used in the throughput phase, per order (`web_cpu_ms_per_order`, `worker_cpu_ms_per_order`,
 `redis_cpu_ms_per_order`; the bare frame's in all: `floor_cpu_ms_per_order`), tells where the time goes.
-The web processes are sized as shipped (utils/gunicorn_conf.py's defaults of WEB_CONCURRENCY and WEB_THREADS),
-so the figures are those of what `make run` starts; BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and
+The web and worker processes run as `make run` starts them (utils/local_run.process_table: the Procfile's commands,
+gunicorn sized by utils/gunicorn_conf.py), and the bare frame's with the same sizes and flags, so the figures are
+those of what ships. BENCH_ORDERS, BENCH_CLIENTS, BENCH_USERS, BENCH_PACED_SECONDS, WEB_CONCURRENCY and
 WEB_THREADS change the run;
 BENCH_DATABASE_URL runs it against an empty database of your own (e.g. PostgreSQL) instead of a new SQLite file.
 The last line printed is JSON with the figures and the targets.
@@ -33,6 +34,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -51,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils import gunicorn_conf  # noqa: E402
-from utils.local_run import free_port, redis_server_binary  # noqa: E402
+from utils.local_run import free_port, process_table, redis_server_binary  # noqa: E402
 BIN = Path(sys.executable).parent
 
 THROUGHPUT_ORDERS = int(os.environ.get("BENCH_ORDERS", "1000"))
@@ -97,10 +99,9 @@ class Stack:
         self._start_redis()
         subprocess.run([str(BIN / "flask"), "--app", "main", "db", "upgrade"], cwd=ROOT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._spawn("web", [str(BIN / "gunicorn"), "--config", "python:utils.gunicorn_conf",
-                            "--bind", f"127.0.0.1:{self.web_port}", "main:create_app()"])
-        self._spawn("worker", [str(BIN / "celery"), "-A", "worker", "worker", "-Q", "orders,default",
-                               "-c", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+        commands = process_table(self.env, fake_brokers=False)  # as `make run` starts them (the Procfile's)
+        self._spawn("web", shlex.split(commands["web"]))
+        self._spawn("worker", shlex.split(commands["worker"]))
         wait_port(self.web_port)
 
     def _start_redis(self) -> None:
@@ -161,8 +162,8 @@ class FloorStack(Stack):
         self._spawn("floor-web", [str(BIN / "gunicorn"), "-k", "gthread", "-w", self.env["WEB_CONCURRENCY"],
                                   "--threads", self.env["WEB_THREADS"], "--bind", f"127.0.0.1:{self.web_port}",
                                   "benchmarks.floor.app:app"])
-        self._spawn("floor-worker", [str(BIN / "celery"), "-A", "benchmarks.floor.app:celery", "worker", "-Q", "orders",
-                                     "-c", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+        self._spawn("floor-worker", [str(BIN / "celery"), "-A", "benchmarks.floor.app:celery", "worker", "--loglevel",
+                                     "INFO", "--queues", "orders", "--concurrency", "2"])
         wait_port(self.web_port)
 
 
