@@ -90,7 +90,8 @@ class Stack:
                     # Prices are set once, by hand: they must not count as stale however long a run takes.
                     "MARKET_DATA_SOURCE": "manual", "QUOTE_MAX_AGE_SECONDS": "86400",
                     "API_RATE_LIMIT": "10000000/minute",
-                    "PORT": str(self.web_port),  # the web sizing as shipped, or as WEB_CONCURRENCY/WEB_THREADS say
+                    "PORT": str(self.web_port),
+                    # the web sizing as shipped, or as the WEB_CONCURRENCY and WEB_THREADS of this run say
                     "WEB_CONCURRENCY": str(gunicorn_conf.workers), "WEB_THREADS": str(gunicorn_conf.threads),
                     "STORAGE_DIR": str(directory / "files"), "PYTHONUNBUFFERED": "1"}
         os.environ.update({key: value for key, value in self.env.items() if key not in ("PORT",)})
@@ -131,6 +132,7 @@ class Stack:
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) used so far by process `pid` and its living children."""
     import psutil
     root = psutil.Process(pid)
     total = 0.0
