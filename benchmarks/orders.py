@@ -80,7 +80,7 @@ class Stack:
 
     def __init__(self, directory: Path):
         from cryptography.fernet import Fernet
-        self.directory, self.processes, self.named = directory, [], {}
+        self.directory, self.processes = directory, {}  # name → process, in the order started
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "SECRET_KEY": "bench-secret-" + "x" * 40,
                     "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
@@ -112,19 +112,18 @@ class Stack:
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.directory / f"{name}.log", "wb")
-        self.named[name] = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
-                                            start_new_session=True)
-        self.processes.append(self.named[name])
+        self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                                start_new_session=True)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user and system) used so far by each process started, with its children, by name."""
-        return {name: process_tree_cpu_seconds(process.pid) for name, process in self.named.items()}
+        return {name: process_tree_cpu_seconds(process.pid) for name, process in self.processes.items()}
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
+        for process in reversed(self.processes.values()):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
+        for process in self.processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
