@@ -433,7 +433,8 @@ def placement_with_history(redis_url: str, app, email: str, key: str) -> dict:
     with_history = cpu_ms_per_placement("history-long")
     insert_filled_orders(app, email, DAY_ORDERS, datetime.now(timezone.utc), "today")
     late_in_day = cpu_ms_per_placement("history-day")
-    return {"api_cpu_ms_per_order": round(fresh, 2), "api_cpu_ms_per_order_after_100k_old_orders": round(with_history, 2),
+    return {"api_cpu_ms_per_order": round(fresh, 2),
+            "api_cpu_ms_per_order_after_100k_old_orders": round(with_history, 2),
             "api_cpu_ms_per_order_after_5k_orders_today": round(late_in_day, 2)}
 
 

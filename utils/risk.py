@@ -321,9 +321,9 @@ def _order_totals_query(dialect_name: str):
     """The query of `_order_totals` for one dialect: user_id, symbol, day_start and exclude_id (0 for none)
     are bound per call.
 
-    Its first half is the user's working orders that count toward any total, a row each. The second is one row standing for all the
-    orders placed today that are finished: `today` is how many they are and `quantity` their notional (at
-    unit price 1), added up exactly in the database. A finished order no longer changes, and reading them one
+    Its first half is the user's working orders that count toward any total, a row each. The second is one
+    row standing for all the orders placed today that are finished: `today` is how many they are and
+    `quantity` their notional (at unit price 1), added up exactly in the database. A finished order no longer changes, and reading them one
     by one made each placement slower with every order of the day (6 µs more per order already placed).
     Each half reads one index range (user and status; user and creation time)."""
     entry = Order.purpose == OrderPurpose.ENTRY
