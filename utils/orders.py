@@ -249,7 +249,8 @@ def place_order(user, unsafe: dict) -> tuple[Order, bool]:
     DependencyUnavailable (lock service down) and BrokerUnavailable (account not readable).
     """
     request = parse_order_request(unsafe)
-    with risk.user_lock(user.id):
+    # Quotes held: the symbol's quote, read for the tradability check, also prices a position in it for equity.
+    with risk.user_lock(user.id), market_data.quotes_held():
         connection = connection_for(user, request.broker_connection_id)
         existing = _existing_for_client_id(user, request)
         if existing is not None:

@@ -72,6 +72,25 @@ def test_a_client_order_id_taken_between_the_lookup_and_the_insert_is_409_and_no
     assert db.session.scalar(select(func.count(Trade.id))) == 0
 
 
+def test_a_placement_reads_the_quote_of_a_symbol_it_holds_once(app, api, db, set_price):
+    """The tradability check reads the symbol's quote; the account's equity, priced for the risk checks, needs
+    the same quote for the position already held: one cache read serves both."""
+    import redis as redis_lib
+
+    from tests.conftest import execute_in_process
+    set_price("AAPL", "100")
+    execute_in_process(db, api.post("/orders", json=market_buy("AAPL", "1")).get_json()["id"])
+    cache = redis_lib.Redis.from_url(app.config["CACHE_REDIS_URL"])
+
+    def mget_calls() -> int:
+        return int(cache.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+    before = mget_calls()
+    response = api.post("/orders", json=market_buy("AAPL", "1"))
+    assert response.status_code == 202, response.get_json()
+    assert mget_calls() - before == 1
+
+
 def test_an_order_the_worker_has_not_taken_up_says_so_in_its_notice(api, db, set_price):
     """No worker runs in this test: the order waits in the queue, as when the worker is down."""
     from datetime import timedelta
