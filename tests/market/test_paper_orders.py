@@ -35,6 +35,28 @@ def test_market_buy_fills_at_the_ask_and_moves_cash_and_position(broker, db, set
     assert (position.symbol, position.quantity, position.average_price) == ("AAPL", Decimal("10"), ask)
 
 
+def test_a_marketable_order_is_written_once_already_filled_and_a_resting_one_once_open(broker, db, set_price):
+    """Matched before it is stored, a new order is one INSERT as it ends up: filled at once, or resting."""
+    from sqlalchemy import event
+    set_price("AAPL", "100")
+    written = []
+
+    def remember(_connection, _cursor, statement, parameters, _context, _executemany):
+        if " paper_orders " in f" {statement} " and not statement.startswith("SELECT"):
+            values = parameters.values() if isinstance(parameters, dict) else parameters  # PostgreSQL: by name
+            written.append((statement.split()[0], list(values)))
+
+    event.listen(db.engine, "before_cursor_execute", remember)
+    try:
+        filled = place(broker, db, quantity="10")
+        resting = place(broker, db, order_type="limit", limit_price="95")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", remember)
+    assert [kind for kind, _ in written] == ["INSERT", "INSERT"]
+    assert (filled.status, filled.filled_quantity, resting.status) == ("filled", Decimal("10"), "submitted")
+    assert "filled" in written[0][1] and "submitted" in written[1][1]
+
+
 def test_market_sell_fills_at_the_bid_and_closes_the_position(broker, db, set_price):
     set_price("AAPL", "100")
     place(broker, db, quantity="10")

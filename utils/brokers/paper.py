@@ -307,7 +307,8 @@ class PaperBroker(Broker):
             return to_broker_order(existing)
         quote = current_quote(symbol, quote)
         order = self._accept(account, request, symbol, quote)
-        fill = _match_order(account, order, quote)
+        fill = _match_order(account, order, quote)  # before the order is stored: a marketable one is written filled
+        _stored(order)
         return to_broker_order(order, fills=[fill] if fill else [])  # a new order has no other fills
 
     def get_order(self, broker_order_id: str) -> BrokerOrder:
@@ -349,7 +350,7 @@ class PaperBroker(Broker):
         old.status, old.replaced_by, old.version = "replaced", order.public_id, old.version + 1
         db.session.flush()
         _match_order(account, order, quote)
-        return to_broker_order(order)
+        return to_broker_order(_stored(order))
 
     # market data and account --------------------------------------------------------------------
 
@@ -410,8 +411,9 @@ class PaperBroker(Broker):
 
     def _accept(self, account: LockedAccount, request: OrderRequest, symbol: str, quote: Quote,
                 replacing: PaperOrder | None = None) -> PaperOrder:
-        """Insert a validated order after the position and buying-power checks (`replacing`'s own
-        hold and open quantity count as free). Raises BrokerRejected, InsufficientFunds."""
+        """A validated order, after the position and buying-power checks (`replacing`'s own hold and open
+        quantity count as free), not stored yet: it is matched first (see _stored). Raises BrokerRejected,
+        InsufficientFunds."""
         asset_type = market_data.asset_type_of(symbol)
         positions = account.read_positions()
         hold_quantity = _hold_quantity(account.id, request, symbol, asset_type, positions, replacing)
@@ -428,7 +430,13 @@ class PaperBroker(Broker):
             filled_at=None, canceled_at=None, reject_reason=None, created_at=now, updated_at=now)
         order = PaperOrder(**values)
         _check_buying_power(account, order, positions, replacing)
-        return insert_object(order)
+        return order
+
+
+def _stored(order: PaperOrder) -> PaperOrder:
+    """Insert a new order, as matching left it (a marketable order is written once, already filled, instead of
+    inserted and then updated); an order already stored is left as it is."""
+    return insert_object(order) if order.id is None else order
 
 
 def _hold_quantity(account_id: int, request: OrderRequest, symbol: str, asset_type: str,
@@ -591,8 +599,13 @@ def _day_is_over(order: PaperOrder) -> bool:
 
 
 def _claim(order: PaperOrder, **values) -> bool:
-    """Write `values` only if nobody changed the order since we read it (version check)."""
+    """Write `values` only if nobody changed the order since we read it (version check). A new order, not
+    stored yet, takes them in memory: it is inserted with them."""
     values = {"version": order.version + 1, "updated_at": utcnow(), **values}
+    if order.id is None:
+        for name, value in values.items():
+            setattr(order, name, value)
+        return True
     if guarded_update(PaperOrder, order.id, {"version": order.version, "status": OPEN_STATUSES}, values) != 1:
         db.session.expire(order)
         return False
@@ -611,10 +624,11 @@ def _fill(account: LockedAccount, order: PaperOrder, quantity: Decimal, price: D
         values["filled_at"] = now
     if triggered:
         values["stop_triggered_at"] = now
-    order_id, side, symbol, asset_type = order.id, order.side, order.symbol, order.asset_type
+    order_id = order.id
     if not _claim(order, **values):
         log.info("paper order %s changed under us; not filling", order_id)
         return None
+    order_id, side, symbol, asset_type = _stored(order).id, order.side, order.symbol, order.asset_type
     execution = {"order_id": order_id, "execution_id": str(uuid.uuid4()), "quantity": quantity, "price": price,
                  "fee": fee, "executed_at": now}
     fill = PaperFill(id=insert_row(PaperFill, execution), **execution)  # what was written; not in the session
