@@ -43,6 +43,30 @@ def test_a_market_order_is_filled_by_the_worker(db, user, celery_worker, set_pri
     assert (trade.stop_loss_price, trade.take_profit_price) == (Decimal("95"), Decimal("120"))
 
 
+def test_a_paper_execution_reads_the_order_with_its_connection_in_one_select(db, user, set_price):
+    """The worker's paper execution starts from the order and its broker connection: one SELECT reads both."""
+    from sqlalchemy import event
+
+    from utils import orders
+    set_price("AAPL", "100")
+    order_id = market_buy(user, "1").id
+    db.session.expire_all()
+    reads = []
+
+    def remember(_connection, _cursor, statement, _parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "broker_connections" in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", remember)
+    try:
+        assert orders.execute_in_our_database(order_id)
+        db.session.commit()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", remember)
+    assert len(reads) == 1 and "FROM orders JOIN broker_connections" in reads[0]
+    assert fresh(db, orders.Order, order_id).status == "filled"
+
+
 def test_a_limit_order_rests_then_fills_when_the_price_crosses(db, user, celery_worker, set_price, run_sync,
                                                                 match_paper_orders):
     from utils import orders
