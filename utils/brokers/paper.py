@@ -624,9 +624,9 @@ def _fill(account: LockedAccount, order: PaperOrder, quantity: Decimal, price: D
         values["filled_at"] = now
     if triggered:
         values["stop_triggered_at"] = now
-    order_id = order.id
+    known_id = order.id  # read before a failed claim expires the order (None for one not stored yet)
     if not _claim(order, **values):
-        log.info("paper order %s changed under us; not filling", order_id)
+        log.info("paper order %s changed under us; not filling", known_id)
         return None
     order_id, side, symbol, asset_type = _stored(order).id, order.side, order.symbol, order.asset_type
     execution = {"order_id": order_id, "execution_id": str(uuid.uuid4()), "quantity": quantity, "price": price,
