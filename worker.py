@@ -56,13 +56,16 @@ BEAT_SCHEDULE["market-tick"] = {"task": jobs.MARKET_TICK, "schedule": float(flas
 
 # --- orders and trades (section owner: trading core) -----------------------------------------
 # shared_task: the tasks register on every Celery app, so a test's in-process worker runs them too.
-from celery import shared_task  # noqa: E402  (each section keeps its imports)
+import logging  # noqa: E402  (each section keeps its imports)
+
+from celery import shared_task  # noqa: E402
 
 from utils import orders as order_service  # noqa: E402
 from utils import trades as trade_service  # noqa: E402
 from utils.errors import BrokerUnavailable, DomainError  # noqa: E402
 
 ORDER_SEND_MAX_RETRIES = 5
+log = logging.getLogger("tradewarden.orders")
 
 
 # max_retries=None on the task: Celery-unlimited, because the attempt count lives on the order (a retry()
@@ -74,8 +77,9 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
     may have reached the broker: the claim marks that before each send, so not even a worker killed
     mid-send lets the order be called failed beside a copy at the broker. Any other error is noted on the
     order, which stays `submitting` (in doubt) for the recovery sweep.
-    At the paper broker, whose orders live in our database, the three commit together instead."""
-    if attempt is None and _executed_in_one_transaction(order_id):
+    At the paper broker, whose orders live in our database, the three commit together instead, and the task
+    then executes the account's other orders still pending (a placement sends no task while one is waiting)."""
+    if attempt is None and _executed_with_the_waiting(order_id):
         return
     attempt = order_service.claim_submission(order_id, attempt)
     if attempt is None:
@@ -106,6 +110,43 @@ def execute_order(self, order_id: int, attempt: int | None = None) -> None:
         order_service.note_send_error(order_id, attempt, error)
         db.session.commit()
         raise
+
+
+# The most pending orders one task executes beside its own; a longer queue is handed to a new task, so the
+# accounts behind it in the queue get their turn.
+WAITING_ORDERS_PER_TASK = 50
+
+
+def _executed_with_the_waiting(order_id: int) -> bool:
+    """At the paper broker: execute the order, then its account's orders still pending, oldest first, each in a
+    transaction of its own (also when the order's own execution failed). False, with nothing done, for an
+    order at a remote broker, or when its send has to wait (see _executed_in_one_transaction)."""
+    connection_id = order_service.paper_connection_id(order_id)
+    db.session.commit()
+    if connection_id is None:
+        return False
+    jobs.waiting_task_starts(order_service.waiting_execution_key(connection_id))  # before the pending are read
+    try:
+        return _executed_in_one_transaction(order_id)
+    finally:
+        _execute_waiting(connection_id, order_id)
+
+
+def _execute_waiting(connection_id: int, own_order_id: int) -> None:
+    """Execute the connection's pending orders (not `own_order_id`). One that fails is counted on its order and
+    logged, and the rest go on; one whose send has to wait is handed to a task of its own."""
+    waiting = order_service.pending_order_ids(connection_id, limit=WAITING_ORDERS_PER_TASK + 1)
+    db.session.commit()
+    for order_id in waiting[:WAITING_ORDERS_PER_TASK]:
+        if order_id == own_order_id:
+            continue
+        try:
+            if not _executed_in_one_transaction(order_id):
+                jobs.send_now(jobs.ORDERS_EXECUTE, order_id)
+        except Exception:  # noqa: BLE001 — counted on the order by _executed_in_one_transaction
+            log.exception("order %s: execution failed", order_id)
+    if len(waiting) > WAITING_ORDERS_PER_TASK:
+        jobs.send_now(jobs.ORDERS_EXECUTE, waiting[WAITING_ORDERS_PER_TASK])
 
 
 def _executed_in_one_transaction(order_id: int) -> bool:

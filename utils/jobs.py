@@ -5,6 +5,7 @@ by name through `enqueue_after_commit`, so nothing imports `worker.py`.
 """
 from __future__ import annotations
 
+import redis as redis_lib
 from celery import Celery, Task
 from flask import current_app
 from kombu import Queue
@@ -100,10 +101,42 @@ class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
 
 
-def enqueue_after_commit(task_name: str, *args, countdown: float | None = None) -> None:
-    """Send `task_name(*args)` once the current database transaction commits (dropped on rollback)."""
+def enqueue_after_commit(task_name: str, *args, countdown: float | None = None,
+                         unless_waiting: str | None = None) -> None:
+    """Send `task_name(*args)` once the current database transaction commits (dropped on rollback).
+
+    With `unless_waiting` (a key naming the work, see `waiting_task_starts`) the task is not sent while one
+    sent under the same key is still waiting for a worker: that one does this one's work too. Checked after
+    the commit, so the waiting task, which clears the key before it reads its work, sees what was committed."""
     pending = db.session.info.setdefault(_PENDING_KEY, [])
-    pending.append((task_name, args, countdown))
+    pending.append((task_name, args, countdown, unless_waiting))
+
+
+# How long a key of `enqueue_after_commit(unless_waiting=…)` holds back further sends: a task lost between the
+# key and its send (the web process died) holds them back no longer than this.
+WAITING_KEY_SECONDS = 30
+
+
+def _first_waiting(key: str) -> bool:
+    """Mark a task sent under `key` as waiting; False when one already is. Without Redis the task is sent: a
+    task too many finds its work done, a task too few would leave it undone."""
+    try:
+        return bool(_waiting_keys().set(key, "1", nx=True, ex=WAITING_KEY_SECONDS))
+    except redis_lib.RedisError:
+        return True
+
+
+def waiting_task_starts(key: str) -> None:
+    """Called by a task sent under `key` before it reads its work: from now on a new send goes out again."""
+    try:
+        _waiting_keys().delete(key)
+    except redis_lib.RedisError:  # the key expires after WAITING_KEY_SECONDS
+        pass
+
+
+def _waiting_keys() -> redis_lib.Redis:
+    from utils.risk import cache_redis
+    return cache_redis()
 
 
 def send_now(task_name: str, *args, countdown: float | None = None) -> None:
@@ -114,8 +147,18 @@ def send_now(task_name: str, *args, countdown: float | None = None) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session) -> None:
-    for task_name, args, countdown in session.info.pop(_PENDING_KEY, []):
+    for task_name, args, countdown, unless_waiting in session.info.pop(_PENDING_KEY, []):
+        if unless_waiting is None or _first_waiting(unless_waiting):
+            _send_marked(task_name, args, countdown, unless_waiting)
+
+
+def _send_marked(task_name: str, args: tuple, countdown: float | None, waiting_key: str | None) -> None:
+    try:
         send_now(task_name, *args, countdown=countdown)
+    except Exception:
+        if waiting_key is not None:  # nothing is waiting under it after all
+            waiting_task_starts(waiting_key)
+        raise
 
 
 @event.listens_for(Session, "after_rollback")

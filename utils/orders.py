@@ -256,7 +256,7 @@ def place_order(user, unsafe: dict) -> tuple[Order, bool]:
         if existing is not None:
             return existing, False
         order = _create_order(user, connection, request)
-        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id)
+        jobs.enqueue_after_commit(jobs.ORDERS_EXECUTE, order.id, unless_waiting=_waiting_execution_key(connection))
         _commit_new_order(request)
     log.info("order %s placed: %s %s %s", order.id, order.side, order.quantity, order.symbol)
     return order, True
@@ -568,6 +568,35 @@ def _order_and_connection(order_id: int) -> tuple[Order | None, BrokerConnection
     """The order and its broker connection, read together (one SELECT instead of one each)."""
     row = db.session.execute(ORDER_AND_CONNECTION, {"order_id": order_id}).first()
     return (row[0], row[1]) if row is not None else (None, None)
+
+
+def waiting_execution_key(connection_id: int) -> str:
+    """The key under which an `orders.execute` of a paper account waits for a worker (see place_order)."""
+    return f"tradewarden:orders:execute-waiting:{connection_id}"
+
+
+def _waiting_execution_key(connection: BrokerConnection) -> str | None:
+    """A new order at the paper broker sends no `orders.execute` of its own while one of its account is waiting
+    for a worker: that task executes every order of the account still pending when it starts (see
+    worker.execute_order). An order at a remote broker always has a task of its own."""
+    return waiting_execution_key(connection.id) if _kept_in_our_database(connection) else None
+
+
+def paper_connection_id(order_id: int) -> int | None:
+    """The id of the order's broker connection when its broker keeps its orders in our database (the paper
+    broker); None for other brokers and unknown orders."""
+    _, connection = _order_and_connection(order_id)
+    return connection.id if _kept_in_our_database(connection) else None
+
+
+PENDING_OF_CONNECTION = select(Order.__table__.c.id).where(
+    Order.__table__.c.broker_connection_id == bindparam("connection_id"),
+    Order.__table__.c.status == S.PENDING).order_by(Order.__table__.c.id).limit(bindparam("limit"))
+
+
+def pending_order_ids(connection_id: int, limit: int) -> list[int]:
+    """The ids of the connection's orders not yet taken up by a worker (`pending`), oldest first."""
+    return [row.id for row in read_rows(PENDING_OF_CONNECTION, {"connection_id": connection_id, "limit": limit})]
 
 
 def count_execution_error(order_id: int, error: Exception, give_up_after: int) -> None:
