@@ -119,8 +119,9 @@ WAITING_ORDERS_PER_TASK = 50
 
 def _executed_with_the_waiting(order_id: int) -> bool:
     """At the paper broker: execute the order, then its account's orders still pending, oldest first, each in a
-    transaction of its own (also when the order's own execution failed). False, with nothing done, for an
-    order at a remote broker, or when its send has to wait (see _executed_in_one_transaction)."""
+    transaction of its own (also when the order's own execution failed). False for an order at a remote broker
+    (nothing done), and when its own send has to wait (see _executed_in_one_transaction): the path of the
+    remote brokers then claims and retries it, the waiting ones executed all the same."""
     connection_id = order_service.paper_connection_id(order_id)
     db.session.commit()
     if connection_id is None:
