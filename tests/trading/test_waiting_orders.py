@@ -12,9 +12,8 @@ from tests.trading.linked_schwab import app_config, schwab_order, schwab_port  #
 
 def place_market_buys(user, count: int) -> list[int]:
     from utils import orders
-    placed = [orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "1", "type": "market",
-                                        "time_in_force": "day"})[0].id for _ in range(count)]
-    return placed
+    return [orders.place_order(user, {"symbol": "AAPL", "side": "buy", "quantity": "1", "type": "market",
+                                      "time_in_force": "day"})[0].id for _ in range(count)]
 
 
 def queued_tasks(app) -> int:
