@@ -8,7 +8,9 @@ SQLite allows one writer at a time. Without a busy timeout a second writer fails
 """
 from __future__ import annotations
 
+import collections
 import functools
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import bindparam, event, func, insert, select, update
@@ -138,7 +140,12 @@ def read_rows(statement, parameters: dict) -> list:
     """The rows of a prebuilt Core `statement` (plain rows with attribute access, no ORM objects), read in the
     session's transaction after flushing what is pending in it, so they show it."""
     db.session.flush()
-    return db.session.connection().execute(statement, parameters).all()
+    connection = db.session.connection()
+    form = _precompiled(statement, connection.dialect, ())
+    if form is None or form.row_type is None:
+        return connection.execute(statement, parameters).all()
+    rows = connection.exec_driver_sql(form.sql, form.arguments(parameters)).fetchall()
+    return [form.row(values) for values in rows]
 
 
 @functools.cache
@@ -161,7 +168,7 @@ def guarded_update(model, row_id: int, guards: dict, values: dict) -> int:
                   **{f"set_{name}": value for name, value in values.items()}}
     shape = tuple((name, isinstance(value, tuple)) for name, value in guards.items())
     statement = _guarded_update_statement(model.__table__, shape, tuple(values))
-    return db.session.connection().execute(statement, parameters).rowcount
+    return _execute(statement, parameters).rowcount
 
 
 @functools.cache
@@ -172,8 +179,8 @@ def _insert_statement(table):
 def insert_row(model, values: dict) -> int:
     """INSERT one row of `model` (column defaults apply) in the session's transaction; returns its id.
     No object is added to the session: relationships that list such rows must be expired by the caller."""
-    result = db.session.connection().execute(_insert_statement(model.__table__), values)
-    return result.inserted_primary_key[0]
+    result = _execute(_insert_statement(model.__table__), values)
+    return result.lastrowid if result.context.compiled is None else result.inserted_primary_key[0]
 
 
 def insert_object(row):
@@ -197,3 +204,75 @@ def _value_or_default(row, column):
         return value
     default = column.default
     return default.arg(None) if default.is_callable else default.arg
+
+
+# --- statements run precompiled ----------------------------------------------------------------------------
+# Even a prebuilt Core statement costs SQLAlchemy a cache key, a cache lookup, a pass over its parameters and
+# the set-up of its result on every execute: sampled with py-spy, SQLAlchemy was about 45 % of a paper
+# execution's CPU in the worker. On SQLite (whose paramstyle is positional) the statements above are compiled
+# once per shape and run with `exec_driver_sql`: the same SQL, the same conversions of each value by its column
+# type (both ways) and the same Python-side column defaults, and the engine's events still see every statement.
+# A statement whose SQL depends on its values (an IN list) and other databases take SQLAlchemy's own path.
+
+@dataclass(frozen=True)
+class Precompiled:
+    """A statement compiled for one dialect and one set of parameter names, ready to run on the driver."""
+
+    sql: str
+    names: tuple[str, ...]  # the parameters in their order in `sql`
+    processors: dict  # parameter name → the bind processor of its type (only those that have one)
+    defaults: tuple  # (column key, ColumnDefault): columns the statement fills from their Python-side default
+    fixed: dict  # the values the statement carries itself (a LIMIT's OFFSET 0, literals in the WHERE clause)
+    row_type: type | None  # for a SELECT: a named tuple of its columns (None: not a SELECT, or unnamed columns)
+    result_processors: tuple  # for a SELECT: each column's result processor, or None
+
+    def arguments(self, parameters: dict) -> tuple:
+        """The driver's positional arguments for `parameters` (missing defaults filled in, values converted)."""
+        values = {**self.fixed, **parameters}
+        for key, default in self.defaults:
+            values[key] = default.arg(None) if default.is_callable else default.arg
+        processors = self.processors
+        return tuple(processors[name](values[name]) if name in processors else values[name] for name in self.names)
+
+    def row(self, values) -> tuple:
+        return self.row_type(*[value if process is None else process(value)
+                               for value, process in zip(values, self.result_processors)])
+
+
+@functools.lru_cache(maxsize=1024)
+def _precompiled(statement, dialect, column_keys: tuple[str, ...]) -> Precompiled | None:
+    """`statement` compiled for `dialect` with the parameters `column_keys` (INSERT/UPDATE: the columns given);
+    None when it must run through SQLAlchemy (see above)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(column_keys))
+    if not compiled.positional or compiled.post_compile_params or any(
+            bind.callable is not None for bind in compiled.binds.values()):
+        return None
+    processors = {name: processor for name, bind in compiled.binds.items()
+                  if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
+    defaults = tuple([(column.key, column.default) for column in compiled.insert_prefetch]
+                     + [(column.key, column.onupdate) for column in compiled.update_prefetch])
+    fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
+    row_type, result_processors = _row_form(statement, dialect)
+    return Precompiled(str(compiled), tuple(compiled.positiontup), processors, defaults, fixed, row_type,
+                       result_processors)
+
+
+def _row_form(statement, dialect) -> tuple[type | None, tuple]:
+    if not statement.is_select:
+        return None, ()
+    columns = list(statement.selected_columns)
+    try:
+        row_type = collections.namedtuple("Row", [column.key for column in columns])
+    except ValueError:  # a column without a usable name: read through SQLAlchemy
+        return None, ()
+    return row_type, tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
+
+
+def _execute(statement, parameters: dict):
+    """Run an INSERT or UPDATE `statement` with `parameters` in the session's transaction, precompiled when it
+    can be."""
+    connection = db.session.connection()
+    form = _precompiled(statement, connection.dialect, tuple(sorted(parameters)))
+    if form is None:
+        return connection.execute(statement, parameters)
+    return connection.exec_driver_sql(form.sql, form.arguments(parameters))

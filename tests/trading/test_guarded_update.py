@@ -41,3 +41,90 @@ def test_an_inserted_row_is_read_back_in_the_same_transaction_and_rolled_back_wi
     assert db.session.get(OrderEvent, event_id).created_at is not None  # the column default applied
     db.session.rollback()
     assert db.session.scalar(select(OrderEvent.id).where(OrderEvent.id == event_id)) is None
+
+
+# --- the statements run precompiled (utils.database.Precompiled) ------------------------------------------
+
+def _driver_statements(db, run) -> list:
+    """(SQL, whether SQLAlchemy compiled it on this call) of each statement `run` sends to the driver."""
+    from sqlalchemy import event
+    seen = []
+
+    def record(_conn, _cursor, statement, _parameters, context, _executemany):
+        seen.append((" ".join(statement.split()), context.compiled is not None))
+
+    engine = db.session.get_bind()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_on_sqlite_the_order_path_statements_reach_the_driver_without_compiling_each_time(db, make_order):
+    """SQLite: guarded_update, insert_row and read_rows hand the driver SQL compiled once; on a database with
+    named parameters (PostgreSQL) and for an IN list, SQLAlchemy compiles as before."""
+    from models import Order, OrderEvent
+    from utils.database import guarded_update, insert_row, read_rows
+    from utils.orders import ORDER_BY_CLIENT_ID
+    order = make_order(status="submitted")
+    order_id, client_order_id = order.id, order.client_order_id
+    seen = _driver_statements(db, lambda: (
+        guarded_update(Order, order_id, {"status": "submitted"}, {"reject_reason": "x"}),
+        insert_row(OrderEvent, {"order_id": order_id, "from_status": "submitted", "to_status": "submitted"}),
+        read_rows(ORDER_BY_CLIENT_ID, {"client_id": client_order_id}),
+        guarded_update(Order, order_id, {"status": ("submitted", "pending")}, {"reject_reason": "y"})))
+    precompiled = db.session.get_bind().dialect.positional
+    assert [compiled for _, compiled in seen] == [not precompiled] * 3 + [True], seen
+    assert [sql.split()[0] for sql, _ in seen] == ["UPDATE", "INSERT", "SELECT", "UPDATE"]
+
+
+def test_a_precompiled_write_and_read_convert_values_exactly_as_sqlalchemy_does(db, make_order):
+    """Decimals, aware UTC datetimes, enums and NULLs go in and come back as the ORM writes and reads them; the
+    columns left out get their Python-side defaults (created_at on INSERT, updated_at's onupdate on UPDATE)."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import bindparam
+
+    from models import Order, OrderEvent, OrderStatus
+    from utils.database import guarded_update, insert_row, read_rows
+    order = make_order(status="submitted", quantity="10")
+    before = db.session.scalar(select(Order.updated_at).where(Order.id == order.id))
+    submitted_at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=2)))
+    assert guarded_update(Order, order.id, {"status": OrderStatus.SUBMITTED, "filled_quantity": Decimal("0")},
+                          {"average_fill_price": Decimal("187.123456789"), "submitted_at": submitted_at,
+                           "reject_reason": None, "status": OrderStatus.PARTIALLY_FILLED}) == 1
+    event_id = insert_row(OrderEvent, {"order_id": order.id, "from_status": OrderStatus.SUBMITTED,
+                                       "to_status": OrderStatus.PARTIALLY_FILLED, "detail": None})
+    columns = Order.__table__.c
+    statement = select(columns.average_fill_price, columns.submitted_at, columns.status, columns.reject_reason,
+                       columns.updated_at).where(columns.id == bindparam("order_id"))
+    row = read_rows(statement, {"order_id": order.id})[0]
+    db.session.commit()
+    db.session.expire_all()
+    stored = db.session.get(Order, order.id)
+    assert row.average_fill_price == stored.average_fill_price == Decimal("187.123456789")
+    assert row.submitted_at == stored.submitted_at == submitted_at
+    assert row.submitted_at.tzinfo is not None and row.submitted_at.utcoffset() == timedelta(0)
+    assert row.status == stored.status == "partially_filled" and row.reject_reason is None
+    assert row.updated_at == stored.updated_at > before  # updated_at was not given: its onupdate applied
+    event = db.session.get(OrderEvent, event_id)
+    assert (event.to_status, event.detail) == ("partially_filled", None) and event.created_at is not None
+
+
+def test_a_precompiled_read_keeps_the_values_its_statement_carries(db, make_order):
+    """A LIMIT brings a bound OFFSET of its own, and a literal in the WHERE clause binds its value: both are
+    sent with each run."""
+    from sqlalchemy import bindparam, literal
+
+    from models import Order
+    from utils.database import read_rows
+    first, second = make_order(status="pending"), make_order(status="pending")
+    columns = Order.__table__.c
+    statement = select(columns.id, literal(7).label("seven")).where(
+        columns.user_id == bindparam("user_id"), columns.status == "pending").order_by(columns.id) \
+        .limit(bindparam("limit"))
+    assert [(row.id, row.seven) for row in read_rows(statement, {"user_id": first.user_id, "limit": 1})] \
+        == [(first.id, 7)]
+    assert [row.id for row in read_rows(statement, {"user_id": first.user_id, "limit": 5})] == [first.id, second.id]
