@@ -212,7 +212,8 @@ def _value_or_default(row, column):
 # execution's CPU in the worker. On SQLite (whose paramstyle is positional) the statements above are compiled
 # once per shape and run with `exec_driver_sql`: the same SQL, the same conversions of each value by its column
 # type (both ways) and the same Python-side column defaults, and the engine's events still see every statement.
-# A statement whose SQL depends on its values (an IN list) and other databases take SQLAlchemy's own path.
+# An IN list the statement holds itself is written out once; one whose values come with each call, and other
+# databases, take SQLAlchemy's own path.
 
 @dataclass(frozen=True)
 class Precompiled:
@@ -244,17 +245,39 @@ def _precompiled(statement, dialect, column_keys: tuple[str, ...]) -> Precompile
     """`statement` compiled for `dialect` with the parameters `column_keys` (INSERT/UPDATE: the columns given);
     None when it must run through SQLAlchemy (see above)."""
     compiled = statement.compile(dialect=dialect, column_keys=list(column_keys))
-    if not compiled.positional or compiled.post_compile_params or any(
-            bind.callable is not None for bind in compiled.binds.values()):
+    if not compiled.positional or any(bind.callable is not None for bind in compiled.binds.values()):
         return None
     processors = {name: processor for name, bind in compiled.binds.items()
                   if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
+    fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
+    sql, names = str(compiled), list(compiled.positiontup)
+    for bind in compiled.post_compile_params:
+        name = compiled.bind_names[bind]
+        expanded = _expand_constant_list(sql, names, name, bind)
+        if expanded is None:
+            return None
+        sql, names, values = expanded
+        fixed.update(values)
+        if name in processors:
+            processors.update(dict.fromkeys(values, processors[name]))
     defaults = tuple([(column.key, column.default) for column in compiled.insert_prefetch]
                      + [(column.key, column.onupdate) for column in compiled.update_prefetch])
-    fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
     row_type, result_processors = _row_form(statement, dialect)
-    return Precompiled(str(compiled), tuple(compiled.positiontup), processors, defaults, fixed, row_type,
-                       result_processors)
+    return Precompiled(sql, tuple(names), processors, defaults, fixed, row_type, result_processors)
+
+
+def _expand_constant_list(sql: str, names: list[str], name: str, bind) -> tuple[str, list[str], dict] | None:
+    """The SQL and parameter names with the IN list `name` written out, one placeholder per value, when the
+    statement itself holds the values (`Order.status.in_(WORKING_STATUSES)`); None for a list the caller
+    passes (its length varies), an empty one, or SQL not in the form expected."""
+    token = f"__[POSTCOMPILE_{name}]"
+    values = bind.value
+    if bind.required or not values or sql.count(token) != names.count(name):
+        return None
+    element_names = [f"{name}__{index}" for index in range(len(values))]
+    sql = sql.replace(token, ", ".join("?" for _ in element_names))
+    names = [part for each in names for part in (element_names if each == name else [each])]
+    return sql, names, dict(zip(element_names, values))
 
 
 def _row_form(statement, dialect) -> tuple[type | None, tuple]:

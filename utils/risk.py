@@ -290,9 +290,8 @@ def _trade_totals_query(dialect_name: str):
 
 def _trade_totals(user_id: int, symbol: str) -> tuple[Decimal, Decimal]:
     """(realized P&L of trades closed today, cost basis still held in `symbol` by open trades), one query."""
-    connection = db.session.connection()
-    rows = connection.execute(_query_for(_trade_totals_query, connection), {
-        "user_id": user_id, "symbol": symbol, "day_start": start_of_day()})
+    rows = read_rows(_query_for(_trade_totals_query), {"user_id": user_id, "symbol": symbol,
+                                                        "day_start": start_of_day()})
     realized = exposure = Decimal("0")
     for amount, sold, is_closed_today in rows:
         if is_closed_today:
@@ -346,8 +345,7 @@ def _order_totals_query(dialect_name: str):
 
 def _order_totals(user_id: int, symbol: str, exclude_order_id: int | None) -> OrderTotals:
     """The user's OrderTotals (leaving out order `exclude_order_id`) from one query."""
-    connection = db.session.connection()
-    rows = connection.execute(_query_for(_order_totals_query, connection), {
+    rows = read_rows(_query_for(_order_totals_query), {
         "user_id": user_id, "symbol": symbol, "day_start": start_of_day(), "exclude_id": exclude_order_id or 0})
     unsent_notional = working_notional = notional_today = Decimal("0")
     count_today = 0
@@ -368,10 +366,10 @@ def _built_for(build, dialect_name: str):
     return build(dialect_name)
 
 
-def _query_for(build, connection):
-    """The query `build` makes for the database of `connection`, built once per dialect (building it anew took
-    a quarter of a check's time)."""
-    return _built_for(build, connection.dialect.name)
+def _query_for(build):
+    """The query `build` makes for the session's database, built once per dialect (building it anew took a
+    quarter of a check's time)."""
+    return _built_for(build, db.session.get_bind().dialect.name)
 
 
 def _text(value) -> str:

@@ -114,17 +114,23 @@ def test_a_precompiled_write_and_read_convert_values_exactly_as_sqlalchemy_does(
 
 
 def test_a_precompiled_read_keeps_the_values_its_statement_carries(db, make_order):
-    """A LIMIT brings a bound OFFSET of its own, and a literal in the WHERE clause binds its value: both are
-    sent with each run."""
+    """A LIMIT brings a bound OFFSET of its own, a literal binds its value, and an IN list the statement holds
+    is written out once: all of them are sent with each run, and the rows are those SQLAlchemy would read."""
     from sqlalchemy import bindparam, literal
 
     from models import Order
     from utils.database import read_rows
-    first, second = make_order(status="pending"), make_order(status="pending")
+    first, second = make_order(status="pending"), make_order(status="submitting")
+    make_order(status="submitted")
+    user_id = first.user_id
     columns = Order.__table__.c
     statement = select(columns.id, literal(7).label("seven")).where(
-        columns.user_id == bindparam("user_id"), columns.status == "pending").order_by(columns.id) \
-        .limit(bindparam("limit"))
-    assert [(row.id, row.seven) for row in read_rows(statement, {"user_id": first.user_id, "limit": 1})] \
-        == [(first.id, 7)]
-    assert [row.id for row in read_rows(statement, {"user_id": first.user_id, "limit": 5})] == [first.id, second.id]
+        columns.user_id == bindparam("user_id"), columns.status.in_(("pending", "submitting"))) \
+        .order_by(columns.id).limit(bindparam("limit"))
+    one, two = [], []
+    seen = _driver_statements(db, lambda: (
+        one.extend(read_rows(statement, {"user_id": user_id, "limit": 1})),
+        two.extend(read_rows(statement, {"user_id": user_id, "limit": 5}))))
+    assert [(row.id, row.seven) for row in one] == [(first.id, 7)]
+    assert [row.id for row in two] == [first.id, second.id]
+    assert [compiled for _, compiled in seen] == [not db.session.get_bind().dialect.positional] * 2
