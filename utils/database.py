@@ -138,7 +138,8 @@ def owned_row(model, user, row_id, message: str, code: str = "not_found"):
 
 def read_rows(statement, parameters: dict) -> list:
     """The rows of a prebuilt Core `statement` (plain rows with attribute access, no ORM objects), read in the
-    session's transaction after flushing what is pending in it, so they show it."""
+    session's transaction after flushing what is pending in it, so they show it. Also the rows an UPDATE …
+    RETURNING writes."""
     db.session.flush()
     connection = db.session.connection()
     form = _precompiled(statement, connection.dialect, ())
@@ -281,9 +282,11 @@ def _expand_constant_list(sql: str, names: list[str], name: str, bind) -> tuple[
 
 
 def _row_form(statement, dialect) -> tuple[type | None, tuple]:
-    if not statement.is_select:
+    """The row type and result processors of what `statement` returns: a SELECT's columns, or the RETURNING
+    columns of an INSERT or UPDATE."""
+    columns = list(statement.selected_columns if statement.is_select else statement.exported_columns)
+    if not columns:
         return None, ()
-    columns = list(statement.selected_columns)
     try:
         row_type = collections.namedtuple("Row", [column.key for column in columns])
     except ValueError:  # a column without a usable name: read through SQLAlchemy

@@ -134,3 +134,18 @@ def test_a_precompiled_read_keeps_the_values_its_statement_carries(db, make_orde
     assert [(row.id, row.seven) for row in one] == [(first.id, 7)]
     assert [row.id for row in two] == [first.id, second.id]
     assert [compiled for _, compiled in seen] == [not db.session.get_bind().dialect.positional] * 2
+
+
+def test_an_update_returning_through_read_rows_gives_its_rows_converted(db, paper_connection):
+    """The paper account's lock (UPDATE … RETURNING id, cash) runs precompiled on SQLite and its cash comes
+    back as the exact Decimal it holds."""
+    from utils.brokers.paper import LOCK_ACCOUNT_OF_CONNECTION, _account_for
+    from utils.database import read_rows
+    account = _account_for(paper_connection)
+    account_id, cash, connection_id = account.id, account.cash, paper_connection.id
+    db.session.commit()
+    rows = []
+    seen = _driver_statements(db, lambda: rows.extend(
+        read_rows(LOCK_ACCOUNT_OF_CONNECTION, {"lock_connection_id": connection_id})))
+    assert [(row.id, row.cash) for row in rows] == [(account_id, cash)] and isinstance(rows[0].cash, Decimal)
+    assert [compiled for _, compiled in seen] == [not db.session.get_bind().dialect.positional]

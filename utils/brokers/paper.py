@@ -128,9 +128,8 @@ def _lock_connection_account(connection: BrokerConnection) -> LockedAccount:
 
 
 def _locked_where(statement, parameters: dict) -> LockedAccount | None:
-    db.session.flush()
-    row = db.session.connection().execute(statement, parameters).first()
-    return LockedAccount(row.id, row.cash) if row is not None else None
+    rows = read_rows(statement, parameters)
+    return LockedAccount(rows[0].id, rows[0].cash) if rows else None
 
 
 def _lock_statement(condition):
