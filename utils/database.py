@@ -221,8 +221,7 @@ class Precompiled:
     """A statement compiled for one dialect and one set of parameter names, ready to run on the driver."""
 
     sql: str
-    names: tuple[str, ...]  # the parameters in their order in `sql`
-    processors: dict  # parameter name → the bind processor of its type (only those that have one)
+    steps: tuple  # (parameter name, the bind processor of its type or None), in their order in `sql`
     defaults: tuple  # (column key, ColumnDefault): columns the statement fills from their Python-side default
     fixed: dict  # the values the statement carries itself (a LIMIT's OFFSET 0, literals in the WHERE clause)
     row_type: type | None  # for a SELECT: a named tuple of its columns (None: not a SELECT, or unnamed columns)
@@ -233,8 +232,7 @@ class Precompiled:
         values = {**self.fixed, **parameters}
         for key, default in self.defaults:
             values[key] = default.arg(None) if default.is_callable else default.arg
-        processors = self.processors
-        return tuple(processors[name](values[name]) if name in processors else values[name] for name in self.names)
+        return tuple(values[name] if process is None else process(values[name]) for name, process in self.steps)
 
     def row(self, values) -> tuple:
         return self.row_type(*[value if process is None else process(value)
@@ -264,7 +262,8 @@ def _precompiled(statement, dialect, column_keys: tuple[str, ...]) -> Precompile
     defaults = tuple([(column.key, column.default) for column in compiled.insert_prefetch]
                      + [(column.key, column.onupdate) for column in compiled.update_prefetch])
     row_type, result_processors = _row_form(statement, dialect)
-    return Precompiled(sql, tuple(names), processors, defaults, fixed, row_type, result_processors)
+    steps = tuple((name, processors.get(name)) for name in names)
+    return Precompiled(sql, steps, defaults, fixed, row_type, result_processors)
 
 
 def _expand_constant_list(sql: str, names: list[str], name: str, bind) -> tuple[str, list[str], dict] | None:
