@@ -1,7 +1,7 @@
 """Database engine tuning (SQLite in WAL mode with a busy timeout, so web and workers can write together),
 `owned_row`, the one lookup of a user's row by an id from a request, and the reads and writes of the order
-path that skip the ORM's per-statement work (`read_rows`, `guarded_update`, `insert_row`), and `exact_sum`, an
-exact decimal sum in SQL on both databases.
+path that skip the ORM's per-statement work (`read_rows`, `guarded_update`, `insert_row`; on SQLite they run
+`Precompiled`, compiled once), and `exact_sum`, an exact decimal sum in SQL on both databases.
 
 SQLite allows one writer at a time. Without a busy timeout a second writer fails at once with
 "database is locked"; without WAL every reader blocks the writer. PostgreSQL needs none of this.
