@@ -322,6 +322,22 @@ def set_price(db):
     return setter
 
 
+def statements_sent(db, action) -> list[tuple[str, object, object]]:
+    """(SQL, parameters, execution context) of each statement `action()` sends to the database driver."""
+    from sqlalchemy import event
+    sent = []
+
+    def remember(_conn, _cursor, statement, parameters, context, _executemany):
+        sent.append((statement, parameters, context))
+
+    event.listen(db.engine, "before_cursor_execute", remember)
+    try:
+        action()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", remember)
+    return sent
+
+
 def execute_in_process(db, order_id):
     """What the worker's orders.execute does, step by step, here (for tests that must not race a worker)."""
     from utils import orders

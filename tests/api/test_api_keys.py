@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from models import ApiKey, ApiKeyStatus, AuditEvent, utcnow
 from tests.api.conftest import bearer
+from tests.conftest import statements_sent
 from tests.rate_window import clear_of_a_window_edge
 from utils import api_auth
 
@@ -34,14 +35,10 @@ def test_a_single_typo_fails_the_checksum(app, position):
 
 def test_a_mistyped_key_is_refused_without_a_database_lookup(app, client, db, user, api_key):
     typo = api_key[:10] + ("x" if api_key[10] != "x" else "y") + api_key[11:]
-    statements = []
-    from sqlalchemy import event
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listener)
-    try:
-        response = client.get("/api/v1/auth/token-info", headers=bearer(typo))
-    finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
+    responses = []
+    statements = [statement for statement, _, _ in statements_sent(
+        db, lambda: responses.append(client.get("/api/v1/auth/token-info", headers=bearer(typo))))]
+    response = responses[0]
     assert response.status_code == 401
     assert response.get_json()["error"]["details"]["reason"] == "malformed_api_key"
     assert not any("api_keys" in statement for statement in statements)
@@ -179,15 +176,13 @@ class TestUsage:
 
 def usage_is_counted_but_written_at_most_once_a_minute(app, client, db, user, make_key, redis_server):
     key, secret = make_key(user)
-    writes = []
-    from sqlalchemy import event
-    listener = lambda conn, cursor, statement, *rest: writes.append(statement) if statement.startswith("UPDATE api_keys") else None  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listener)
-    try:
+
+    def five_requests() -> None:
         for _ in range(5):
             assert client.get("/api/v1/auth/token-info", headers=bearer(secret)).status_code == 200
-    finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
+
+    writes = [statement for statement, _, _ in statements_sent(db, five_requests)
+              if statement.startswith("UPDATE api_keys")]
     assert len(writes) == 1
     db.session.expire_all()
     row = db.session.get(ApiKey, key.id)

@@ -5,10 +5,10 @@ import time
 
 import pytest
 import redis
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from tests.api.conftest import bearer
-from tests.conftest import TEST_PASSWORD
+from tests.conftest import TEST_PASSWORD, statements_sent
 from utils import accounts, api_auth
 
 
@@ -22,14 +22,7 @@ def live_cache(app):
 
 
 def statements_during(db, action) -> list[str]:
-    seen = []
-    listener = lambda conn, cursor, statement, *rest: seen.append(statement)  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listener)
-    try:
-        action()
-    finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
-    return seen
+    return [statement for statement, _, _ in statements_sent(db, action)]
 
 
 def wait_until_cached(client, secret: str) -> None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import wait_for
+from tests.conftest import statements_sent, wait_for
 
 
 def fresh(db, model, row_id):
@@ -45,24 +45,17 @@ def test_a_market_order_is_filled_by_the_worker(db, user, celery_worker, set_pri
 
 def test_a_paper_execution_reads_the_order_with_its_connection_in_one_select(db, user, set_price):
     """The worker's paper execution starts from the order and its broker connection: one SELECT reads both."""
-    from sqlalchemy import event
-
     from utils import orders
     set_price("AAPL", "100")
     order_id = market_buy(user, "1").id
     db.session.expire_all()
-    reads = []
 
-    def remember(_connection, _cursor, statement, _parameters, _context, _executemany):
-        if statement.lstrip().upper().startswith("SELECT") and "broker_connections" in statement:
-            reads.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", remember)
-    try:
+    def execute() -> None:
         assert orders.execute_in_our_database(order_id)
         db.session.commit()
-    finally:
-        event.remove(db.engine, "before_cursor_execute", remember)
+
+    reads = [statement for statement, _, _ in statements_sent(db, execute)
+             if statement.lstrip().upper().startswith("SELECT") and "broker_connections" in statement]
     assert len(reads) == 1 and "FROM orders JOIN broker_connections" in reads[0]
     assert fresh(db, orders.Order, order_id).status == "filled"
 

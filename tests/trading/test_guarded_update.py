@@ -6,6 +6,8 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
+from tests.conftest import statements_sent
+
 
 def test_a_guarded_update_changes_the_row_only_while_every_guard_holds(db, make_order):
     from models import Order
@@ -47,19 +49,8 @@ def test_an_inserted_row_is_read_back_in_the_same_transaction_and_rolled_back_wi
 
 def _driver_statements(db, run) -> list:
     """(SQL, whether SQLAlchemy compiled it on this call) of each statement `run` sends to the driver."""
-    from sqlalchemy import event
-    seen = []
-
-    def record(_conn, _cursor, statement, _parameters, context, _executemany):
-        seen.append((" ".join(statement.split()), context.compiled is not None))
-
-    engine = db.session.get_bind()
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return seen
+    return [(" ".join(statement.split()), context.compiled is not None)
+            for statement, _, context in statements_sent(db, run)]
 
 
 def test_on_sqlite_the_order_path_statements_reach_the_driver_without_compiling_each_time(db, make_order):

@@ -16,26 +16,17 @@ import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from sqlalchemy import event, insert, select, text, update
+from sqlalchemy import insert, select, text, update
+
+from tests.conftest import statements_sent
 
 OWNER_READS = {"orders": "user_id", "trades": "user_id", "paper_orders": "account_id"}
 
 
 def reads_during(db, action) -> list[tuple[str, object]]:
     """The SELECT statements (with their parameters) that `action()` sends to the database."""
-    statements = []
-
-    def remember(_conn, _cursor, statement, parameters, _context, _executemany):
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, parameters))
-
-    engine = db.engine
-    event.listen(engine, "before_cursor_execute", remember)
-    try:
-        action()
-    finally:
-        event.remove(engine, "before_cursor_execute", remember)
-    return statements
+    return [(statement, parameters) for statement, parameters, _ in statements_sent(db, action)
+            if statement.lstrip().upper().startswith("SELECT")]
 
 
 def plan_of(db, statement: str, parameters) -> str:
