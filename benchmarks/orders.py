@@ -364,11 +364,10 @@ def same_user_burst(base_url: str, key: str) -> float:
     return round(statistics.median(rounds), 1)
 
 
-def in_process_api(redis_url: str):
+def in_process_api(redis_url: str, app=None):
     """A test client of the app whose order jobs go to an unused Redis database, so the running worker never
     takes them; and a function posting a 1-share market buy with a client_order_id through it."""
-    from main import create_app
-    client = create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"}).test_client()
+    client = (app or in_process_app(redis_url)).test_client()
 
     def post(key: str, client_order_id: str):
         response = client.post("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}, json={
@@ -380,26 +379,40 @@ def in_process_api(redis_url: str):
     return post
 
 
+def in_process_app(redis_url: str):
+    """The app for in_process_api: its order jobs go to an unused Redis database."""
+    from main import create_app
+    return create_app({"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5"})
+
+
 def statements_per_order(redis_url: str, key: str) -> dict:
     """SQL statements one market order costs, counted in-process (a figure the machine's speed cannot blur):
     the API's POST /orders, then the worker's orders.execute. The order's job goes to an unused Redis
     database, so the running worker never takes it; the execution is run here instead."""
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     import worker
+    from utils.extensions import db
     counted: list[str] = []
 
     def count(_conn, _cursor, statement, *_args):
         counted.append(statement)
 
-    post = in_process_api(redis_url)
+    app = in_process_app(redis_url)
+    post = in_process_api(redis_url, app)
+    # Listened to on these two engines only: an engine with a listener sends every statement through SQLAlchemy's
+    # execution from then on (utils.database._on_driver), and the CPU figures that follow use engines of their own.
+    engines = []
+    for flask_app in (app, worker.flask_app):
+        with flask_app.app_context():
+            engines.append(db.engine)
 
     def place(number: int) -> int:
         return post(key, f"count-{number}").get_json()["id"]
 
     worker.execute_order(place(0))  # warm: the key's cache, the connection pools
-    event.listen(Engine, "before_cursor_execute", count)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         order_id = place(1)
         api = len(counted)
@@ -407,7 +420,8 @@ def statements_per_order(redis_url: str, key: str) -> dict:
         worker.execute_order(order_id)
         return {"sql_statements_api": api, "sql_statements_worker": len(counted)}
     finally:
-        event.remove(Engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
 
 
 HISTORY_ORDERS = 100_000

@@ -140,3 +140,64 @@ def test_an_update_returning_through_read_rows_gives_its_rows_converted(db, pape
         read_rows(LOCK_ACCOUNT_OF_CONNECTION, {"lock_connection_id": connection_id})))
     assert [(row.id, row.cash) for row in rows] == [(account_id, cash)] and isinstance(rows[0].cash, Decimal)
     assert [compiled for _, compiled in seen] == [not db.session.get_bind().dialect.positional]
+
+
+# --- run on the driver's cursor (utils.database._on_driver) ----------------------------------------------
+
+def _order_path_statements(order_id: int, client_order_id: str) -> list:
+    """A guarded UPDATE, an INSERT and a SELECT of the order path, with what each gave."""
+    from models import Order, OrderEvent
+    from utils.database import guarded_update, insert_row, read_rows
+    from utils.orders import ORDER_BY_CLIENT_ID
+    return [guarded_update(Order, order_id, {"status": "submitted"}, {"reject_reason": "x"}),
+            insert_row(OrderEvent, {"order_id": order_id, "from_status": "submitted", "to_status": "submitted"}) > 0,
+            [row.id for row in read_rows(ORDER_BY_CLIENT_ID, {"client_id": client_order_id})]]
+
+
+def test_with_no_listener_the_precompiled_statements_run_on_the_driver_and_a_listener_still_sees_them(
+        db, make_order, monkeypatch):
+    """SQLite: nothing listens to the engine, so the statements skip SQLAlchemy's execution (exec_driver_sql is
+    never called) and reach the driver all the same (its own trace shows them). Once a listener is attached,
+    they go through SQLAlchemy again and the listener sees each. The answers are the same both ways."""
+    from sqlalchemy.engine import Connection
+    order = make_order(status="submitted")
+    order_id, client_order_id = order.id, order.client_order_id
+    through_sqlalchemy = []
+    run_by_sqlalchemy = Connection.exec_driver_sql
+    monkeypatch.setattr(Connection, "exec_driver_sql", lambda connection, statement, *args, **kwargs: (
+        through_sqlalchemy.append(statement), run_by_sqlalchemy(connection, statement, *args, **kwargs))[1])
+    traced = []
+    driver = db.session.connection().connection.driver_connection
+    if hasattr(driver, "set_trace_callback"):
+        driver.set_trace_callback(traced.append)
+    quiet = _order_path_statements(order_id, client_order_id)
+    if hasattr(driver, "set_trace_callback"):
+        driver.set_trace_callback(None)
+    heard = []
+    seen = statements_sent(db, lambda: heard.extend(_order_path_statements(order_id, client_order_id)))
+    assert quiet == heard == [1, True, [order_id]]
+    assert [statement.split()[0] for statement, _, _ in seen] == ["UPDATE", "INSERT", "SELECT"]
+    if db.session.get_bind().dialect.positional:  # SQLite: precompiled
+        assert [" ".join(sql.split())[:6] for sql in traced if sql.split()[0] in ("UPDATE", "INSERT", "SELECT")] \
+            == ["UPDATE", "INSERT", "SELECT"]
+        assert [sql.split()[0] for sql in through_sqlalchemy] == ["UPDATE", "INSERT", "SELECT"]  # only the heard
+
+
+def test_a_driver_error_on_the_precompiled_path_is_raised_as_sqlalchemys(db, make_order):
+    """A duplicate key from the driver is SQLAlchemy's IntegrityError (what callers catch), on either path, and
+    the transaction rolls back cleanly."""
+    from datetime import datetime, timezone
+
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from models import Fill
+    from utils.database import insert_row
+    order = make_order(status="submitted")
+    fill = {"user_id": order.user_id, "order_id": order.id, "broker_execution_id": "exec-1", "quantity": Decimal("1"),
+            "price": Decimal("10"), "fee": Decimal("0"), "executed_at": datetime.now(timezone.utc)}
+    insert_row(Fill, fill)
+    with pytest.raises(IntegrityError):
+        insert_row(Fill, fill)
+    db.session.rollback()
+    assert db.session.scalar(select(Fill.id).where(Fill.order_id == order.id)) is None
