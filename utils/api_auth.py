@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from models import ApiKey, ApiKeyStatus, RefreshToken, User, utcnow
 from utils import audit
-from utils.database import owned_row
+from utils.database import new_persistent, owned_row
 from utils.dbtypes import iso_utc
 from utils.errors import BadRequest, DomainError, RateLimited, Unauthorized, ValidationFailed
 from utils.extensions import client_ip, db
@@ -508,15 +508,10 @@ def _column_values(user: User) -> dict:
 
 def _attach_copy(user_id: int, values: dict) -> User:
     """A persistent, clean User built from cached column values, without a SELECT (cheaper than merge)."""
-    from sqlalchemy.orm import make_transient_to_detached
     present = db.session.identity_map.get((User, (user_id,), None))
     if present is not None:  # the session already holds this user (e.g. a test's own object)
         return present
-    user = User.__mapper__.class_manager.new_instance()
-    user.__dict__.update(values)  # plain column values; make_transient_to_detached marks them as loaded
-    make_transient_to_detached(user)
-    db.session.add(user)
-    return user
+    return new_persistent(User, values)
 
 
 def verify_access_token(unsafe_token: str) -> tuple[Credential, User]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import bindparam, event, exc, func, insert, select, update
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import configure_mappers, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from utils.errors import NotFound
 from utils.extensions import db
@@ -207,6 +208,71 @@ def _value_or_default(row, column):
     default = column.default
     return default.arg(None) if default.is_callable else default.arg
 
+
+# --- ORM objects from rows read precompiled ----------------------------------------------------------------
+# An ORM load of one row (`session.get`, `session.execute(select(Model))`) costs about 140 µs of CPU, most of it
+# the ORM's per-execution set-up; the same row read by `read_rows` and made the same persistent object costs
+# about 50. Used for the order path's loads by id (the worker's order with its connection and the order's
+# trade, the web's paper connection).
+
+def columns_of(model, prefix: str = "") -> list:
+    """Every column of `model`'s table, labelled `prefix` + its name, to select for `objects_from_row`."""
+    return [column.label(prefix + column.key) for column in model.__table__.columns]
+
+
+@functools.cache
+def _attribute_names(model) -> tuple[str, ...]:
+    """The mapped attribute name of each column of `model`'s table, in the table's order."""
+    return tuple(model.__mapper__.get_property_by_column(column).key for column in model.__table__.columns)
+
+
+def objects_from_row(row, *models) -> tuple:
+    """The persistent objects of `models` whose columns (`columns_of`, in that order) make up `row`."""
+    objects, start = [], 0
+    for model in models:
+        names = _attribute_names(model)
+        objects.append(attached(model, dict(zip(names, row[start:start + len(names)]))))
+        start += len(names)
+    return tuple(objects)
+
+
+@functools.cache
+def _by_id_statement(model):
+    return select(*columns_of(model)).where(model.__table__.c.id == bindparam("row_id"))
+
+
+def get_object(model, row_id: int):
+    """What `session.get(model, row_id)` gives (None for no such row), read precompiled: an object the session
+    holds with nothing expired is returned without a statement."""
+    present = db.session.identity_map.get(model.__mapper__.identity_key_from_primary_key([row_id]))
+    if present is not None and not instance_state(present).expired_attributes:
+        return present
+    rows = read_rows(_by_id_statement(model), {"row_id": row_id})
+    return objects_from_row(rows[0], model)[0] if rows else None
+
+
+def attached(model, values: dict):
+    """The persistent object of `model` for one row's column `values` (by attribute name), as an ORM load gives
+    it: the session's own object when it holds the row (its expired columns set from `values`, the rest left as
+    they are), else a new clean object added to the session."""
+    present = db.session.identity_map.get(model.__mapper__.identity_key_from_primary_key([values["id"]]))
+    if present is not None:
+        for name in instance_state(present).expired_attributes & values.keys():
+            set_committed_value(present, name, values[name])
+        return present
+    return new_persistent(model, values)
+
+
+def new_persistent(model, values: dict):
+    """A new clean object of `model` holding one row's column `values` (by attribute name), added to the session
+    as persistent without a statement. The session must not hold that row already."""
+    if not model.__mapper__.configured:  # a new process whose first ORM use this is (a query would configure them)
+        configure_mappers()
+    loaded = model.__mapper__.class_manager.new_instance()
+    loaded.__dict__.update(values)
+    make_transient_to_detached(loaded)  # marks the values as loaded and gives it its identity
+    db.session.add(loaded)
+    return loaded
 
 # --- statements run precompiled ----------------------------------------------------------------------------
 # Even a prebuilt Core statement costs SQLAlchemy a cache key, a cache lookup, a pass over its parameters and

@@ -30,7 +30,8 @@ from models import (AssetType, Broker, BrokerConnection, ConnectionStatus, Fill,
 from utils import jobs, locks, market_data, risk, trades
 from utils.brokers.base import BrokerFill, BrokerOrder, OrderRequest
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import LARGEST_ROW_ID, guarded_update, insert_object, insert_row, owned_row, read_rows
+from utils.database import (LARGEST_ROW_ID, columns_of, guarded_update, insert_object, insert_row, objects_from_row,
+                            owned_row, read_rows)
 from utils.errors import (BrokerAuthExpired, BrokerRejected, BrokerUnavailable, Conflict, InvalidSymbol,
                           InvalidTransition, NotFound, OrderNotCancelable, OrderNotFound, ValidationFailed)
 from utils.extensions import db
@@ -560,14 +561,15 @@ def execute_in_our_database(order_id: int) -> bool:
     return True
 
 
-ORDER_AND_CONNECTION = select(Order, BrokerConnection).join(
-    BrokerConnection, BrokerConnection.id == Order.broker_connection_id).where(Order.id == bindparam("order_id"))
+ORDER_AND_CONNECTION = select(*columns_of(Order, "order_"), *columns_of(BrokerConnection, "connection_")) \
+    .join_from(Order, BrokerConnection, BrokerConnection.id == Order.broker_connection_id) \
+    .where(Order.id == bindparam("order_id"))
 
 
 def _order_and_connection(order_id: int) -> tuple[Order | None, BrokerConnection | None]:
-    """The order and its broker connection, read together (one SELECT instead of one each)."""
-    row = db.session.execute(ORDER_AND_CONNECTION, {"order_id": order_id}).first()
-    return (row[0], row[1]) if row is not None else (None, None)
+    """The order and its broker connection, read together (one SELECT instead of one each) and precompiled."""
+    rows = read_rows(ORDER_AND_CONNECTION, {"order_id": order_id})
+    return objects_from_row(rows[0], Order, BrokerConnection) if rows else (None, None)
 
 
 def waiting_execution_key(connection_id: int) -> str:

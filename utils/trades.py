@@ -19,7 +19,7 @@ from models import (AssetType, Broker, BrokerConnection, CloseReason, Order, Ord
                     TradeSide, TradeStatus, User)
 from utils import audit, market_data, orders, risk
 from utils.dbtypes import iso_utc, utcnow
-from utils.database import guarded_update, insert_row, owned_row
+from utils.database import get_object, guarded_update, insert_row, owned_row
 from utils.errors import Conflict, DomainError, InvalidTransition, NotFound, ValidationFailed
 from utils.extensions import db
 
@@ -136,7 +136,7 @@ def closable_quantity(trade: Trade, exclude_order_id: int | None = None) -> Deci
 
 def apply_fill(order: Order, fill) -> None:
     """Grow (entry) or reduce (exit) the order's trade by one fill (flushes)."""
-    trade = db.session.get(Trade, order.trade_id) if order.trade_id else None
+    trade = get_object(Trade, order.trade_id) if order.trade_id else None
     if trade is None:
         return
     if order.purpose == OrderPurpose.ENTRY:

@@ -201,3 +201,59 @@ def test_a_driver_error_on_the_precompiled_path_is_raised_as_sqlalchemys(db, mak
         insert_row(Fill, fill)
     db.session.rollback()
     assert db.session.scalar(select(Fill.id).where(Fill.order_id == order.id)) is None
+
+
+# --- ORM objects from rows read precompiled (utils.database.get_object, objects_from_row) -----------------
+
+def _column_values(row) -> dict:
+    return {column.key: getattr(row, column.key) for column in type(row).__table__.columns}
+
+
+def test_get_object_gives_what_session_get_gives_with_its_identity_and_no_statement_for_a_held_row(db, make_order):
+    """The same values as the ORM's load, a clean persistent object, the session's own object for a row it
+    holds (no statement), the row's current values for an object expired by a commit, and None for no row."""
+    from sqlalchemy import inspect
+
+    from models import Trade
+    from utils.database import get_object
+    order = make_order(status="submitted")
+    trade_id = order.trade_id
+    db.session.expunge_all()
+    expected = _column_values(db.session.get(Trade, trade_id))
+    db.session.expunge_all()
+    trade = get_object(Trade, trade_id)
+    assert _column_values(trade) == expected
+    assert inspect(trade).persistent and trade not in db.session.dirty
+    assert statements_sent(db, lambda: get_object(Trade, trade_id)) == [] and get_object(Trade, trade_id) is trade
+    db.session.execute(Trade.__table__.update().where(Trade.__table__.c.id == trade_id).values(fees=Decimal("1.25")))
+    db.session.commit()  # expires the object: the next read gives the row as it is now
+    assert get_object(Trade, trade_id) is trade and trade.fees == Decimal("1.25")
+    assert get_object(Trade, 10**9) is None
+
+
+def test_the_order_paths_loads_by_id_run_precompiled_and_give_working_orm_objects(db, make_order, user):
+    """The worker's order with its connection and the web's paper connection reach the driver uncompiled on
+    SQLite; the objects are those the ORM loads, and their relationships still load on access."""
+    from models import BrokerConnection, Order, OrderEvent, User
+    from utils.brokers.paper import ensure_paper_connection
+    from utils.database import insert_row
+    from utils.orders import _order_and_connection
+    order = make_order(status="submitted")
+    order_id, user_id = order.id, user.id
+    event_id = insert_row(OrderEvent, {"order_id": order_id, "from_status": "pending", "to_status": "submitted"})
+    db.session.commit()
+    db.session.expunge_all()
+    expected_order = _column_values(db.session.get(Order, order_id))
+    expected_connection = _column_values(db.session.get(BrokerConnection, expected_order["broker_connection_id"]))
+    db.session.expunge_all()
+    found = []
+    seen = _driver_statements(db, lambda: found.extend(
+        [*_order_and_connection(order_id), ensure_paper_connection(db.session.get(User, user_id))]))
+    loaded_order, connection, paper_connection = found
+    assert _column_values(loaded_order) == expected_order and _column_values(connection) == expected_connection
+    assert paper_connection is connection  # one identity per row
+    assert [event.id for event in loaded_order.events] == [event_id]  # a relationship loads on access
+    assert not db.session.dirty
+    selects = [compiled for sql, compiled in seen if sql.startswith("SELECT") and "broker_connections" in sql]
+    assert selects == [not db.session.get_bind().dialect.positional] * 2, seen
+    assert _order_and_connection(10**9) == (None, None)

@@ -31,7 +31,7 @@ from models import (Broker as BrokerName, BrokerAccount, BrokerConnection, Conne
                     PaperFill, PaperOrder, PaperPosition)
 from utils import market_data
 from utils.brokers.base import AccountSnapshot, Broker, BrokerFill, BrokerOrder, OrderRequest, Position
-from utils.database import guarded_update, insert_object, insert_row, read_rows
+from utils.database import columns_of, guarded_update, insert_object, insert_row, objects_from_row, read_rows
 from utils.dbtypes import utcnow
 from utils.errors import (BrokerRejected, InsufficientFunds, InvalidSymbol, OrderNotCancelable, OrderNotFound)
 from utils.extensions import db
@@ -61,7 +61,7 @@ def starting_cash() -> Decimal:
 
 
 # Lookups of every placement, built once (constructing a statement cost about as much as running it).
-PAPER_CONNECTION_OF = select(BrokerConnection).where(
+PAPER_CONNECTION_OF = select(*columns_of(BrokerConnection)).where(
     BrokerConnection.user_id == bindparam("user_id"), BrokerConnection.broker == BrokerName.PAPER) \
     .order_by(BrokerConnection.id).limit(1)
 ACCOUNT_OF_CONNECTION = select(PaperAccount).where(PaperAccount.connection_id == bindparam("connection_id")) \
@@ -78,7 +78,8 @@ ORDER_BY_CLIENT_ID = select(PaperOrder).where(PaperOrder.account_id == bindparam
 def ensure_paper_connection(user) -> BrokerConnection:
     """The user's paper BrokerConnection, creating it with a BrokerAccount ("PAPER-…") and a
     PaperAccount holding PAPER_STARTING_CASH when missing (idempotent; flushes, never commits)."""
-    connection = db.session.execute(PAPER_CONNECTION_OF, {"user_id": user.id}).scalars().first()
+    found = read_rows(PAPER_CONNECTION_OF, {"user_id": user.id})
+    connection = objects_from_row(found[0], BrokerConnection)[0] if found else None
     if connection is None:
         connection = BrokerConnection(user_id=user.id, broker=BrokerName.PAPER, status=ConnectionStatus.CONNECTED)
         db.session.add(connection)
