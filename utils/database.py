@@ -274,6 +274,7 @@ def new_persistent(model, values: dict):
     db.session.add(loaded)
     return loaded
 
+
 # --- statements run precompiled ----------------------------------------------------------------------------
 # Even a prebuilt Core statement costs SQLAlchemy a cache key, a cache lookup, a pass over its parameters and
 # the set-up of its result on every execute: sampled with py-spy, SQLAlchemy was about 45 % of a paper
