@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from models import ApiKey, ApiKeyStatus, RefreshToken, User, utcnow
 from utils import audit
-from utils.database import new_persistent, owned_row
+from utils.database import held_object, new_persistent, owned_row
 from utils.dbtypes import iso_utc
 from utils.errors import BadRequest, DomainError, RateLimited, Unauthorized, ValidationFailed
 from utils.extensions import client_ip, db
@@ -508,7 +508,7 @@ def _column_values(user: User) -> dict:
 
 def _attach_copy(user_id: int, values: dict) -> User:
     """A persistent, clean User built from cached column values, without a SELECT (cheaper than merge)."""
-    present = db.session.identity_map.get((User, (user_id,), None))
+    present = held_object(User, user_id)
     if present is not None:  # the session already holds this user (e.g. a test's own object)
         return present
     return new_persistent(User, values)

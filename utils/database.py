@@ -244,7 +244,7 @@ def _by_id_statement(model):
 def get_object(model, row_id: int):
     """What `session.get(model, row_id)` gives (None for no such row), read precompiled: an object the session
     holds with nothing expired is returned without a statement."""
-    present = db.session.identity_map.get(model.__mapper__.identity_key_from_primary_key([row_id]))
+    present = held_object(model, row_id)
     if present is not None and not instance_state(present).expired_attributes:
         return present
     rows = read_rows(_by_id_statement(model), {"row_id": row_id})
@@ -255,12 +255,17 @@ def attached(model, values: dict):
     """The persistent object of `model` for one row's column `values` (by attribute name), as an ORM load gives
     it: the session's own object when it holds the row (its expired columns set from `values`, the rest left as
     they are), else a new clean object added to the session."""
-    present = db.session.identity_map.get(model.__mapper__.identity_key_from_primary_key([values["id"]]))
+    present = held_object(model, values["id"])
     if present is not None:
         for name in instance_state(present).expired_attributes & values.keys():
             set_committed_value(present, name, values[name])
         return present
     return new_persistent(model, values)
+
+
+def held_object(model, row_id: int):
+    """The session's own object of `model` for row `row_id`, or None when it holds none (no statement)."""
+    return db.session.identity_map.get(model.__mapper__.identity_key_from_primary_key([row_id]))
 
 
 def new_persistent(model, values: dict):
